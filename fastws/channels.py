@@ -1,0 +1,83 @@
+"""Channel grammar and tenant binding.
+
+A channel is ``NAME:TENANT``. Tenant ids, user ids and channel names are 1 to
+64 characters of ``[A-Za-z0-9_.-]``, so the single ``:`` is unambiguous.
+``tenant`` is a NAME like any other: ``tenant:T`` is the tenant-wide channel
+every connection of tenant T joins on connect.
+
+Checks compare parsed ``(name, tenant)`` pairs, never string prefixes:
+``ideas:acme-evil`` is not a channel of tenant ``acme``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from . import codes
+from .exceptions import ChannelError, ProtocolError
+
+__all__ = [
+    "ID_PATTERN",
+    "TENANT_CHANNEL",
+    "is_valid_id",
+    "validate_tenant_id",
+    "validate_user_id",
+    "parse_channel",
+    "resolve_channel",
+    "tenant_channel",
+]
+
+ID_PATTERN: Final = r"[A-Za-z0-9_.\-]{1,64}"
+_ID_RE: Final = re.compile(ID_PATTERN)
+TENANT_CHANNEL: Final = "tenant"
+_MAX_CHANNEL_LENGTH: Final = 64 + 1 + 64
+
+
+def is_valid_id(value: object) -> bool:
+    """True for a str of 1-64 characters of [A-Za-z0-9_.-] (ids, channel names, event names)."""
+    return type(value) is str and _ID_RE.fullmatch(value) is not None
+
+
+def validate_tenant_id(value: object) -> str:
+    if not is_valid_id(value):
+        raise ProtocolError(codes.INVALID_TENANT_ID)
+    return value  # type: ignore[return-value]
+
+
+def validate_user_id(value: object) -> str:
+    if not is_valid_id(value):
+        raise ProtocolError(codes.INVALID_USER_ID)
+    return value  # type: ignore[return-value]
+
+
+def tenant_channel(tenant_id: str) -> str:
+    """The tenant-wide channel, ``tenant:T``."""
+    return f"{TENANT_CHANNEL}:{tenant_id}"
+
+
+def parse_channel(channel: object) -> tuple[str, str | None]:
+    """Split a channel into ``(name, tenant)``; ``tenant`` is None for a bare name.
+
+    Raises ChannelError(invalid_channel) for anything outside the grammar.
+    """
+    if type(channel) is not str or not channel or len(channel) > _MAX_CHANNEL_LENGTH:
+        raise ChannelError(codes.INVALID_CHANNEL)
+    name, sep, tenant = channel.partition(":")
+    if not is_valid_id(name) or (sep and not is_valid_id(tenant)):
+        raise ChannelError(codes.INVALID_CHANNEL)
+    return name, (tenant if sep else None)
+
+
+def resolve_channel(channel: object, tenant_id: str) -> str:
+    """The canonical ``NAME:T`` for a channel a connection of ``tenant_id`` names.
+
+    A bare ``NAME`` means ``NAME:tenant_id``; a channel of another tenant raises
+    ChannelError(forbidden_channel).
+    """
+    name, tenant = parse_channel(channel)
+    if tenant is None:
+        return f"{name}:{tenant_id}"
+    if tenant != tenant_id:
+        raise ChannelError(codes.FORBIDDEN_CHANNEL, f"channel {channel!s:.140} belongs to another tenant")
+    return channel  # type: ignore[return-value]

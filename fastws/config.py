@@ -1,0 +1,134 @@
+"""One Settings object: defaults, then the environment (``FASTWS_*``), then CLI flags.
+
+Every limit fastws enforces is a field here, with its default; docs/protocol.md
+and the README list them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+from .exceptions import ConfigError
+
+__all__ = ["Settings", "Limits"]
+
+KIB = 1024
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-connection and per-request bounds. At a bound: a documented error or close code."""
+
+    #: reassembled WebSocket message, bytes (close 1009 above it)
+    max_message_size: int = 64 * KIB
+    #: HTTP request body, bytes (413 above it)
+    max_body_size: int = 1 * MIB
+    #: HTTP request line plus headers, bytes (431 above it)
+    max_header_size: int = 16 * KIB
+    #: channels one connection may be subscribed to (too_many_subscriptions)
+    max_subscriptions: int = 256
+    #: events in one REST batch publish (batch_too_large)
+    max_batch: int = 1000
+    #: bytes queued for one connection before it is closed as a slow consumer (4008)
+    max_send_buffer: int = 16 * MIB
+    #: distinct event types and sources remembered per tenant for GET /api/websocket
+    max_tracked_names: int = 256
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "maxMessageSize": self.max_message_size,
+            "maxSubscriptions": self.max_subscriptions,
+            "maxSendBuffer": self.max_send_buffer,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    #: URL of the legacy WebSocket system, reported by GET /api/websocket
+    legacy_url: str = ""
+    log_level: str = "info"
+    #: seconds an idle HTTP keep-alive connection stays open
+    keepalive_timeout: float = 60.0
+    #: seconds a new connection has to send its request / finish the WebSocket handshake
+    handshake_timeout: float = 10.0
+    #: seconds of silence before the server pings a WebSocket peer (0 disables)
+    ping_interval: float = 20.0
+    #: seconds to wait for the pong before closing with 1001
+    ping_timeout: float = 20.0
+    #: seconds given to clients to close on shutdown before their sockets are dropped
+    drain_timeout: float = 5.0
+    limits: Limits = field(default_factory=Limits)
+
+    # name -> environment variable
+    _ENV = {
+        "host": "FASTWS_HOST",
+        "port": "FASTWS_PORT",
+        "legacy_url": "FASTWS_LEGACY_URL",
+        "log_level": "FASTWS_LOG_LEVEL",
+        "keepalive_timeout": "FASTWS_KEEPALIVE_TIMEOUT",
+        "handshake_timeout": "FASTWS_HANDSHAKE_TIMEOUT",
+        "ping_interval": "FASTWS_PING_INTERVAL",
+        "ping_timeout": "FASTWS_PING_TIMEOUT",
+        "drain_timeout": "FASTWS_DRAIN_TIMEOUT",
+        "max_message_size": "FASTWS_MAX_MESSAGE_SIZE",
+        "max_body_size": "FASTWS_MAX_BODY_SIZE",
+        "max_header_size": "FASTWS_MAX_HEADER_SIZE",
+        "max_subscriptions": "FASTWS_MAX_SUBSCRIPTIONS",
+        "max_batch": "FASTWS_MAX_BATCH",
+        "max_send_buffer": "FASTWS_MAX_SEND_BUFFER",
+        "max_tracked_names": "FASTWS_MAX_TRACKED_NAMES",
+    }
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Defaults, overridden by ``env`` (os.environ by default), overridden by ``overrides`` (not None)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for name, variable in cls._ENV.items():
+            if variable in env and env[variable] != "":
+                values[name] = env[variable]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(values)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "Settings":
+        top = {f.name: f for f in fields(cls)}
+        limit_fields = {f.name: f for f in fields(Limits)}
+        top_values: dict[str, Any] = {}
+        limit_values: dict[str, Any] = {}
+        for name, raw in values.items():
+            if name in limit_fields:
+                limit_values[name] = _coerce(name, raw, int)
+            elif name in top and name != "limits":
+                default = top[name].default
+                top_values[name] = _coerce(name, raw, type(default))
+            else:
+                raise ConfigError(f"unknown setting {name!r}")
+        limits = Limits(**limit_values)
+        for f in fields(Limits):
+            if getattr(limits, f.name) <= 0:
+                raise ConfigError(f"{f.name} must be positive")
+        settings = cls(limits=limits, **top_values)
+        if not 0 <= settings.port <= 65535:
+            raise ConfigError("port must be 0-65535")
+        return settings
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(name: str, raw: Any, kind: type) -> Any:
+    if isinstance(raw, kind) and not (kind is int and isinstance(raw, bool)):
+        return raw
+    try:
+        if kind is bool:
+            return str(raw).lower() in ("1", "true", "yes", "on")
+        return kind(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: cannot read {raw!r} as {kind.__name__}") from None

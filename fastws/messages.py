@@ -1,0 +1,315 @@
+"""The wire format: decode and validate client commands, encode server messages.
+
+Pure functions and frozen dataclasses; no I/O. Every outgoing message is
+encoded once with orjson; :func:`fastws.core.frame_text` wraps the JSON in a
+WebSocket frame that can be written to any number of connections.
+
+Client -> server (each with an optional scalar ``ref``, echoed in the reply)::
+
+    {"type":"filters","filters":{"eventTypes":[..],"sources":[..],"priority":[..],"users":[..]}}
+    {"type":"subscribe","channel":"ideas:T","eventTypes":[..]}
+    {"type":"unsubscribe","channel":"ideas:T"}
+    {"type":"publish","channel":"tenant:T","event":"idea_created","payload":{..},
+     "source":"idea_service","priority":"normal","targetUserId":"U2"}
+    {"type":"ping"}
+    {"type":"<event name>","data":..}      a custom event, published to tenant:T
+
+Server -> client: events (see :func:`encode_event`), and the replies
+``{"type":"ack"}``, ``{"type":"pong"}``, ``{"type":"error"}``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Final, Union
+
+import orjson
+
+from . import codes
+from .channels import is_valid_id
+from .exceptions import ConnectionClosedError, ProtocolError
+
+__all__ = [
+    "PRIORITIES",
+    "PRIORITY_NAMES",
+    "RESERVED_TYPES",
+    "Filters",
+    "SetFilters",
+    "Subscribe",
+    "Unsubscribe",
+    "Publish",
+    "Ping",
+    "Command",
+    "decode_command",
+    "decode_publish",
+    "decode_filters",
+    "encode_event",
+    "encode_ack",
+    "encode_pong",
+    "encode_error",
+    "new_event_id",
+    "utc_timestamp",
+]
+
+#: priority name -> rank; a higher rank is more important
+PRIORITIES: Final[dict[str, int]] = {"low": 0, "normal": 1, "high": 2, "critical": 3}
+PRIORITY_NAMES: Final[tuple[str, ...]] = ("low", "normal", "high", "critical")
+DEFAULT_PRIORITY: Final = "normal"
+
+COMMANDS: Final = frozenset({"filters", "subscribe", "unsubscribe", "publish", "ping"})
+#: names a client can never use as a custom type or an event name: the
+#: commands, the server's own event and reply types, and names kept for
+#: commands to come
+RESERVED_TYPES: Final = COMMANDS | frozenset(
+    {"connection", "ack", "error", "pong", "refresh", "auth", "history", "presence", "system", "disconnect"}
+)
+
+_MAX_FILTER_ITEMS: Final = 64
+_SCALARS: Final = (str, int, float, bool)
+
+JSON = Any
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """A connection's filters; an empty set means "any". An event passes when it matches every non-empty set."""
+
+    event_types: frozenset[str] = frozenset()
+    sources: frozenset[str] = frozenset()
+    priorities: frozenset[str] = frozenset()
+    users: frozenset[str] = frozenset()
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {
+            "eventTypes": sorted(self.event_types),
+            "sources": sorted(self.sources),
+            "priority": sorted(self.priorities, key=PRIORITIES.__getitem__),
+            "users": sorted(self.users),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SetFilters:
+    ref: JSON
+    filters: Filters
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    ref: JSON
+    channel: str
+    #: per-subscription event types; None means any
+    event_types: frozenset[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    ref: JSON
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    ref: JSON
+    #: as the client sent it; None means the tenant channel
+    channel: str | None
+    event: str
+    payload: JSON
+    source: str
+    priority: str
+    target_user_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    ref: JSON
+
+
+Command = Union[SetFilters, Subscribe, Unsubscribe, Publish, Ping]
+
+
+def _string_list(value: object, code: str, ref: JSON) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    if type(value) is not list or len(value) > _MAX_FILTER_ITEMS:
+        raise ProtocolError(code, f"expected a list of at most {_MAX_FILTER_ITEMS} strings", ref)
+    for item in value:
+        if not is_valid_id(item):
+            raise ProtocolError(code, "list items must be 1-64 characters of [A-Za-z0-9_.-]", ref)
+    return frozenset(value)
+
+
+def _priority_list(value: object, ref: JSON) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    if type(value) is not list or len(value) > len(PRIORITIES):
+        raise ProtocolError(codes.INVALID_FILTERS, "priority must be a list of priority names", ref)
+    for item in value:
+        if item not in PRIORITIES or type(item) is not str:
+            raise ProtocolError(codes.INVALID_PRIORITY, f"unknown priority {item!r:.40}", ref)
+    return frozenset(value)
+
+
+def decode_filters(value: object, ref: JSON = None) -> Filters:
+    """Validate a filters object. Unknown keys are ignored (room for new dimensions)."""
+    if value is None:
+        return Filters()
+    if type(value) is not dict:
+        raise ProtocolError(codes.INVALID_FILTERS, "filters must be an object", ref)
+    return Filters(
+        event_types=_string_list(value.get("eventTypes"), codes.INVALID_FILTERS, ref),
+        sources=_string_list(value.get("sources"), codes.INVALID_FILTERS, ref),
+        priorities=_priority_list(value.get("priority"), ref),
+        users=_string_list(value.get("users"), codes.INVALID_FILTERS, ref),
+    )
+
+
+def _event_name(value: object, ref: JSON) -> str:
+    if value is None:
+        raise ProtocolError(codes.MISSING_FIELD, "'event' is required", ref)
+    if not is_valid_id(value):
+        raise ProtocolError(codes.INVALID_EVENT, None, ref)
+    if value in RESERVED_TYPES:
+        raise ProtocolError(codes.RESERVED_TYPE, f"event name {value!r} is reserved", ref)
+    return value  # type: ignore[return-value]
+
+
+def decode_publish(obj: dict[str, Any], default_source: str, ref: JSON = None) -> Publish:
+    """Validate the fields of a publish (WS command or REST body)."""
+    channel = obj.get("channel")
+    if channel is not None and type(channel) is not str:
+        raise ProtocolError(codes.INVALID_CHANNEL, "'channel' must be a string", ref)
+    event = _event_name(obj.get("event"), ref)
+    source = obj.get("source")
+    if source is None:
+        source = default_source
+    elif not is_valid_id(source):
+        raise ProtocolError(codes.INVALID_SOURCE, None, ref)
+    priority = obj.get("priority")
+    if priority is None:
+        priority = DEFAULT_PRIORITY
+    elif type(priority) is not str or priority not in PRIORITIES:
+        raise ProtocolError(codes.INVALID_PRIORITY, f"unknown priority {priority!r:.40}", ref)
+    target = obj.get("targetUserId")
+    if target is not None and not is_valid_id(target):
+        raise ProtocolError(codes.INVALID_USER_ID, "'targetUserId' is not a valid user id", ref)
+    payload = obj.get("payload")
+    return Publish(ref, channel, event, {} if payload is None else payload, source, priority, target)
+
+
+def _ref_of(obj: dict[str, Any]) -> JSON:
+    ref = obj.get("ref")
+    if ref is not None and type(ref) not in _SCALARS:
+        raise ProtocolError(codes.INVALID_FIELD, "'ref' must be a JSON scalar")
+    return ref
+
+
+def decode_command(data: bytes | memoryview) -> Command:
+    """Decode one client message (a complete, UTF-8 text frame payload).
+
+    Raises ProtocolError with the message's ref attached (when it had one), and
+    ConnectionClosedError(1007) for text that is not UTF-8 (valid JSON always is).
+    """
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:
+            bytes(data).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConnectionClosedError(codes.INVALID_PAYLOAD, "text message is not valid UTF-8") from None
+        raise ProtocolError(codes.INVALID_JSON) from None
+    if type(obj) is not dict:
+        raise ProtocolError(codes.INVALID_MESSAGE, "a message must be a JSON object")
+    ref = _ref_of(obj)
+    kind = obj.get("type")
+    if type(kind) is not str:
+        raise ProtocolError(codes.INVALID_MESSAGE, "'type' must be a string", ref)
+    if kind == "publish":
+        return decode_publish(obj, "client", ref)
+    if kind == "subscribe":
+        channel = obj.get("channel")
+        if channel is None:
+            raise ProtocolError(codes.MISSING_FIELD, "'channel' is required", ref)
+        event_types = obj.get("eventTypes")
+        return Subscribe(
+            ref,
+            channel,
+            None if not event_types else _string_list(event_types, codes.INVALID_FIELD, ref),
+        )
+    if kind == "unsubscribe":
+        channel = obj.get("channel")
+        if channel is None:
+            raise ProtocolError(codes.MISSING_FIELD, "'channel' is required", ref)
+        return Unsubscribe(ref, channel)
+    if kind == "ping":
+        return Ping(ref)
+    if kind == "filters":
+        return SetFilters(ref, decode_filters(obj.get("filters"), ref))
+    if "data" not in obj:
+        raise ProtocolError(codes.UNKNOWN_TYPE, f"unknown type {kind!r:.64}", ref)
+    # A custom event, as the seed's sendMessage({type, data}) sends it.
+    if kind in RESERVED_TYPES:
+        raise ProtocolError(codes.RESERVED_TYPE, f"type {kind!r} is reserved", ref)
+    if not is_valid_id(kind):
+        raise ProtocolError(codes.INVALID_EVENT, None, ref)
+    return Publish(ref, None, kind, obj["data"], "client", DEFAULT_PRIORITY, None)
+
+
+# --- encoding -----------------------------------------------------------------
+
+
+def new_event_id() -> str:
+    """A random UUID4 string, as the seed's events carry."""
+    return str(uuid.UUID(bytes=os.urandom(16), version=4))
+
+
+def utc_timestamp() -> str:
+    """Now, ISO-8601 UTC with milliseconds and Z: ``2024-01-15T10:30:00.123Z``."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def encode_event(
+    event_id: str,
+    event_type: str,
+    data: JSON,
+    timestamp: str,
+    source: str,
+    priority: str,
+    tenant_id: str,
+    user_id: str,
+    channel: str,
+) -> bytes:
+    """The JSON of one server -> client event, in the seed's shape plus ``channel``."""
+    return orjson.dumps(
+        {
+            "id": event_id,
+            "eventType": event_type,
+            "data": data,
+            "timestamp": timestamp,
+            "source": source,
+            "priority": priority,
+            "tenantId": tenant_id,
+            "userId": user_id,
+            "channel": channel,
+        }
+    )
+
+
+def encode_ack(ref: JSON, **extra: JSON) -> bytes:
+    return orjson.dumps({"type": "ack", "ref": ref, **extra})
+
+
+def encode_pong(ref: JSON) -> bytes:
+    if ref is None:
+        return b'{"type":"pong"}'
+    return orjson.dumps({"type": "pong", "ref": ref})
+
+
+def encode_error(code: str, message: str, ref: JSON = None) -> bytes:
+    reply: dict[str, JSON] = {"type": "error", "code": code, "message": message}
+    if ref is not None:
+        reply["ref"] = ref
+    return orjson.dumps(reply)

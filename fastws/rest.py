@@ -1,0 +1,239 @@
+"""The REST API, sans I/O: a parsed Request in, a Response out.
+
+Routes (all JSON)::
+
+    GET    /api/websocket                 connection info for X-Tenant-ID
+    POST   /api/websocket                 publish one event, or a batch (a JSON array)
+    GET    /api/websocket/status          status and metrics (?detailed=true for more)
+    GET    /healthz                       liveness
+    GET    /readyz                        readiness (503 while draining)
+
+Every error is ``{"success":false,"error":{"code","message"}}`` with the
+status :mod:`fastws.codes` gives its code. An unexpected exception is logged
+and answered 500 ``internal_error``; its text never reaches the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import orjson
+
+from . import __version__, codes
+from .channels import is_valid_id, tenant_channel, validate_tenant_id, validate_user_id
+from .config import Settings
+from .core import IMPLEMENTATION
+from .exceptions import ProtocolError
+from .hub import Hub
+from .messages import Publish, decode_publish
+
+__all__ = ["Request", "Response", "RestAPI", "error_response"]
+
+log = logging.getLogger("fastws.rest")
+
+JSON_TYPE = b"application/json"
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    path: str
+    #: first value of each query parameter
+    query: dict[str, str]
+    #: lower-case names; the last value of a repeated header
+    headers: dict[str, str]
+    body: bytes = b""
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    content_type: bytes = JSON_TYPE
+
+
+def error_response(code: str, message: str | None = None, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
+    status, meaning = codes.ERRORS[code]
+    body = orjson.dumps({"success": False, "error": {"code": code, "message": message or meaning}})
+    return Response(status, body, headers or [])
+
+
+def _ok(payload: dict[str, Any], status: int = 200) -> Response:
+    return Response(status, orjson.dumps({"success": True, **payload}))
+
+
+def _iso(unix_time: float) -> str | None:
+    if not unix_time:
+        return None
+    return datetime.fromtimestamp(unix_time, timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+class RestAPI:
+    """Routes and handlers of the REST API of one worker."""
+
+    def __init__(self, hub: Hub, settings: Settings, state: Callable[[], str] = lambda: "running") -> None:
+        self.hub = hub
+        self.settings = settings
+        #: "running" or "draining"
+        self.state = state
+        self.started_at = time.time()
+        self._routes: dict[str, dict[str, Callable[[Request], Response]]] = {
+            "/api/websocket": {"GET": self.get_info, "POST": self.post_publish},
+            "/api/websocket/status": {"GET": self.get_status},
+            "/healthz": {"GET": self.get_health},
+            "/readyz": {"GET": self.get_ready},
+        }
+
+    def handle(self, request: Request) -> Response:
+        methods = self._routes.get(request.path)
+        if methods is None:
+            if request.path == "/ws":
+                return error_response(codes.UPGRADE_REQUIRED, "connect with a WebSocket client", [(b"Upgrade", b"websocket")])
+            return error_response(codes.NOT_FOUND, f"no route for {request.path[:100]}")
+        handler = methods.get(request.method)
+        if handler is None:
+            allow = ", ".join(methods).encode()
+            return error_response(codes.METHOD_NOT_ALLOWED, f"{request.method[:16]} is not allowed here", [(b"Allow", allow)])
+        try:
+            return handler(request)
+        except ProtocolError as exc:
+            return error_response(exc.code, exc.message)
+        except Exception:
+            log.exception("error handling %s %s", request.method, request.path)
+            return error_response(codes.INTERNAL)
+
+    # -- helpers ----------------------------------------------------------------------
+
+    @staticmethod
+    def _header(request: Request, name: str, validate: Callable[[object], str]) -> str:
+        value = request.headers.get(name.lower())
+        if value is None or value == "":
+            raise ProtocolError(codes.MISSING_HEADER, f"the {name} header is required")
+        return validate(value)
+
+    def _metrics(self) -> dict[str, Any]:
+        metrics = self.hub.metrics
+        return {
+            "total_connections": metrics.total_connections,
+            "active_connections": metrics.active_connections,
+            "events_sent": metrics.events_sent,
+            "events_published": metrics.events_published,
+            "messages_received": metrics.messages_received,
+            "errors": metrics.errors,
+            "last_activity": _iso(metrics.last_activity),
+            "event_history_size": 0,
+            "client_count": metrics.active_connections,
+        }
+
+    def _ws_url(self, request: Request) -> str:
+        host = request.headers.get("host", "")
+        if not host or any(c in host for c in "/?#@ \\") or len(host) > 255:
+            host = f"{self.settings.host}:{self.settings.port}"
+        return f"ws://{host}/ws"
+
+    # -- handlers ---------------------------------------------------------------------
+
+    def get_info(self, request: Request) -> Response:
+        tenant_id = self._header(request, "X-Tenant-ID", validate_tenant_id)
+        tenant = self.hub.tenant(tenant_id)
+        home = tenant_channel(tenant_id)
+        channels = [home]
+        event_types = ["connection"]
+        sources = ["system"]
+        if tenant is not None:
+            channels += sorted(c for c in tenant.channels if c != home)
+            event_types += [e for e in tenant.event_types if e != "connection"]
+            sources += [s for s in tenant.sources if s != "system"]
+        running = self.state() == "running"
+        primary = {
+            "url": self._ws_url(request),
+            "status": "active" if running else "draining",
+            "enabled": True,
+            "metrics": self._metrics(),
+        }
+        legacy_url = self.settings.legacy_url or None
+        legacy = {"url": legacy_url, "enabled": legacy_url is not None, "status": "standby"}
+        return _ok(
+            {
+                "websocket": {
+                    "nextjs": primary,
+                    "primary": primary,
+                    "supabase": legacy,
+                    "legacy": legacy,
+                    "tenant_id": tenant_id,
+                    "channels": channels,
+                    "event_types": event_types,
+                    "sources": sources,
+                }
+            }
+        )
+
+    def post_publish(self, request: Request) -> Response:
+        tenant_id = self._header(request, "X-Tenant-ID", validate_tenant_id)
+        user_id = self._header(request, "X-User-ID", validate_user_id)
+        content_type = request.headers.get("content-type")
+        if content_type is not None and content_type.split(";", 1)[0].strip().lower() != "application/json":
+            raise ProtocolError(codes.UNSUPPORTED_MEDIA_TYPE)
+        try:
+            body = orjson.loads(request.body)
+        except orjson.JSONDecodeError:
+            raise ProtocolError(codes.INVALID_JSON) from None
+        hub = self.hub
+        if type(body) is list:
+            if len(body) > self.settings.limits.max_batch:
+                raise ProtocolError(codes.BATCH_TOO_LARGE, f"at most {self.settings.limits.max_batch} events per batch")
+            if not body:
+                raise ProtocolError(codes.INVALID_FIELD, "the batch is empty")
+            batch = [self._decode(item, index) for index, item in enumerate(body)]
+            for publish in batch:
+                hub.resolve(tenant_id, publish)
+            ids = [hub.publish(tenant_id, user_id, publish) for publish in batch]
+            return _ok({"ids": ids})
+        publish = self._decode(body, None)
+        return _ok({"id": hub.publish(tenant_id, user_id, publish)})
+
+    @staticmethod
+    def _decode(item: object, index: int | None) -> Publish:
+        where = "" if index is None else f"item {index}: "
+        if type(item) is not dict:
+            raise ProtocolError(codes.INVALID_MESSAGE, f"{where}an event must be a JSON object")
+        try:
+            return decode_publish(item, "api")
+        except ProtocolError as exc:
+            raise ProtocolError(exc.code, where + exc.message) from None
+
+    def get_status(self, request: Request) -> Response:
+        running = self.state() == "running"
+        websocket: dict[str, Any] = {
+            "server_running": True,
+            "status": "active" if running else "draining",
+            "health": "healthy" if running else "degraded",
+            "metrics": self._metrics(),
+        }
+        if request.query.get("detailed", "").lower() in ("true", "1", "yes"):
+            websocket["version"] = __version__
+            websocket["implementation"] = IMPLEMENTATION
+            websocket["uptime_seconds"] = round(time.time() - self.started_at, 3)
+            websocket["tenants"] = {
+                tenant_id: {
+                    "connections": tenant.connections,
+                    "events_published": tenant.events_published,
+                    "channels": dict(tenant.channels),
+                }
+                for tenant_id, tenant in self.hub.tenants().items()
+            }
+            websocket["limits"] = self.settings.limits.to_json()
+        return _ok({"websocket": websocket})
+
+    def get_health(self, request: Request) -> Response:
+        return _ok({"status": "ok"})
+
+    def get_ready(self, request: Request) -> Response:
+        if self.state() != "running":
+            return error_response(codes.SERVICE_UNAVAILABLE)
+        return _ok({"status": "ready"})

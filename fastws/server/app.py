@@ -1,0 +1,167 @@
+"""One worker: the listener, its connections, and their lifecycle.
+
+``Server`` is an async context manager; ``serve()`` runs one until SIGINT or
+SIGTERM. Shutdown stops accepting, closes WebSocket clients with 1001, closes
+idle HTTP connections, and waits up to ``drain_timeout`` before dropping the
+rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from typing import Any
+
+from .. import __version__, codes
+from ..channels import validate_tenant_id, validate_user_id
+from ..config import Settings
+from ..core import IMPLEMENTATION
+from ..exceptions import ProtocolError
+from ..hub import Hub
+from ..rest import Request, Response, RestAPI, error_response
+from .http import HttpProtocol
+from .websocket import Connection
+
+__all__ = ["Server", "serve"]
+
+log = logging.getLogger("fastws.server")
+
+
+class Server:
+    """A fastws worker listening on one port for WebSocket and HTTP."""
+
+    def __init__(self, settings: Settings | None = None, *, sock: socket.socket | None = None) -> None:
+        self.settings = settings or Settings()
+        self.debug = logging.getLogger("fastws").isEnabledFor(logging.DEBUG)
+        self.hub = Hub(self.settings.limits, debug=self.debug)
+        self.rest = RestAPI(self.hub, self.settings, self._state)
+        self.connections: set[Connection] = set()
+        self.http_connections: set[HttpProtocol] = set()
+        self.accepting = False
+        # picows builds a logger per connection unless given an adapter
+        self.picows_logger = logging.LoggerAdapter(logging.getLogger("fastws.picows"), {})
+        self._sock = sock
+        self._server: asyncio.AbstractServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dirty: list[Connection] = []
+
+    def _state(self) -> str:
+        return "running" if self.accepting else "draining"
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> "Server":
+        self._loop = asyncio.get_running_loop()
+        kwargs: dict[str, Any] = {"backlog": 4096}
+        if self._sock is not None:
+            kwargs["sock"] = self._sock
+        else:
+            kwargs.update(host=self.settings.host, port=self.settings.port, reuse_address=True)
+        self._server = await self._loop.create_server(lambda: HttpProtocol(self), **kwargs)
+        self.accepting = True
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "server not started"
+        return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def host(self) -> str:
+        assert self._server is not None, "server not started"
+        return self._server.sockets[0].getsockname()[0]
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{_netloc(self.host, self.port)}/ws"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{_netloc(self.host, self.port)}"
+
+    async def close(self, close_code: int = codes.GOING_AWAY) -> None:
+        """Stop accepting, close every client with ``close_code``, and wait for them to go."""
+        if self._server is None:
+            return
+        self.accepting = False
+        self._server.close()
+        for connection in list(self.connections):
+            connection.close(close_code, "server shutting down")
+        for http in list(self.http_connections):
+            http.close_idle()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.drain_timeout
+        while (self.connections or self.http_connections) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.disconnect(graceful=False)
+        await self._server.wait_closed()
+        self._server = None
+
+    async def __aenter__(self) -> "Server":
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- WebSocket upgrades ---------------------------------------------------------------
+
+    def accept_websocket(self, request: Request) -> Connection | Response:
+        """Check an upgrade request to /ws; a listener for picows, or an error response."""
+        try:
+            tenant_id = validate_tenant_id(request.query.get("tenant_id"))
+            user_id = validate_user_id(request.query.get("user_id"))
+        except ProtocolError as exc:
+            return error_response(exc.code, exc.message)
+        return Connection(self, tenant_id, user_id)
+
+    # -- coalesced writes -----------------------------------------------------------------
+
+    def schedule_flush(self, connection: Connection) -> None:
+        """Write ``connection``'s queued frames at the end of this loop iteration."""
+        dirty = self._dirty
+        dirty.append(connection)
+        if len(dirty) == 1:
+            self._loop.call_soon(self._flush)  # type: ignore[union-attr]
+
+    def _flush(self) -> None:
+        dirty = self._dirty
+        self._dirty = []
+        for connection in dirty:
+            try:
+                connection.flush()
+            except Exception:
+                log.exception("error writing to a connection")
+                connection.close(codes.INTERNAL_ERROR, "internal error")
+
+
+def _netloc(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def serve(settings: Settings, ready: "asyncio.Future[Server] | None" = None) -> None:
+    """Run one worker until SIGINT or SIGTERM, then shut down cleanly."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    server = Server(settings)
+    await server.start()
+    log.info("fastws %s (core: %s, loop: %s)", __version__, IMPLEMENTATION, type(loop).__module__.split(".")[0])
+    log.info("WebSocket %s?tenant_id=..&user_id=..", server.ws_url)
+    log.info("REST %s/api/websocket (status: %s/api/websocket/status)", server.http_url, server.http_url)
+    if settings.legacy_url:
+        log.info("legacy endpoint %s", settings.legacy_url)
+    if ready is not None:
+        ready.set_result(server)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down: closing %d connections", len(server.connections))
+        await server.close()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        log.info("stopped")

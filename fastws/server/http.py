@@ -1,0 +1,266 @@
+"""HTTP/1.1 front protocol: REST requests with keep-alive, WebSocket upgrades handed to picows.
+
+httptools parses; picows only speaks WebSocket. On an upgrade to ``/ws`` the
+request is checked (tenant and user ids) and, if good, this protocol replaces
+itself on the transport with picows' ``WSProtocol`` and replays the request
+bytes, plus anything that followed them in the same segment, into it.
+``WSProtocol`` is picows-internal: pyproject pins the picows version and
+tests/integration/test_http.py covers the hand-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
+
+import httptools
+from picows.picows import WSAutoPingStrategy, WSProtocol  # type: ignore[attr-defined]
+
+from .. import codes
+from ..rest import Request, Response, error_response
+
+if TYPE_CHECKING:
+    from .app import Server
+
+__all__ = ["HttpProtocol"]
+
+log = logging.getLogger("fastws.http")
+
+_STATUS_LINES = {
+    status: f"HTTP/1.1 {status} {phrase}\r\n".encode()
+    for status, phrase in {
+        101: "Switching Protocols",
+        200: "OK",
+        400: "Bad Request",
+        403: "Forbidden",
+        404: "Not Found",
+        405: "Method Not Allowed",
+        413: "Content Too Large",
+        415: "Unsupported Media Type",
+        426: "Upgrade Required",
+        429: "Too Many Requests",
+        431: "Request Header Fields Too Large",
+        500: "Internal Server Error",
+        503: "Service Unavailable",
+    }.items()
+}
+
+
+class _Abort(Exception):
+    """Stop parsing: a response has been sent and the connection is closing."""
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One TCP connection until it upgrades (or closes)."""
+
+    __slots__ = (
+        "server", "transport", "parser", "_url", "_headers", "_body", "_size",
+        "_body_size", "_timer", "_closing",
+    )
+
+    def __init__(self, server: "Server") -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._size = 0
+        self._body_size = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing = False
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server.http_connections.add(self)
+        self._arm_timer(self.server.settings.handshake_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._cancel_timer()
+        self.server.http_connections.discard(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgrade(data[upgrade.args[0]:])
+        except httptools.HttpParserCallbackError as exc:
+            if not isinstance(exc.__context__, _Abort):
+                log.error("error handling HTTP request", exc_info=exc.__context__)
+                self._respond(error_response(codes.INTERNAL), close=True)
+        except httptools.HttpParserError:
+            self._respond(error_response(codes.BAD_REQUEST, "malformed HTTP request"), close=True)
+
+    # -- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._cancel_timer()
+        self._url = b""
+        self._headers = []
+        self._body = []
+        self._size = 0
+        self._body_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._count(len(name) + len(value) + 4)
+
+    def _count(self, size: int) -> None:
+        self._size += size
+        if self._size > self.server.settings.limits.max_header_size:
+            self._respond(error_response(codes.HEADERS_TOO_LARGE), close=True)
+            raise _Abort
+
+    def on_headers_complete(self) -> None:
+        for name, value in self._headers:
+            if name.lower() == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    length = -1
+                if length > self.server.settings.limits.max_body_size:
+                    self._respond(error_response(codes.PAYLOAD_TOO_LARGE), close=True)
+                    raise _Abort
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self.server.settings.limits.max_body_size:
+            self._respond(error_response(codes.PAYLOAD_TOO_LARGE), close=True)
+            raise _Abort
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.parser.should_upgrade():
+            return  # feed_data raises HttpParserUpgrade next
+        request = self._request()
+        response = self.server.rest.handle(request)
+        keep_alive = self.parser.should_keep_alive() and self.server.accepting
+        self._respond(response, close=not keep_alive, head=request.method == "HEAD")
+        if keep_alive:
+            self._arm_timer(self.server.settings.keepalive_timeout)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _request(self) -> Request:
+        url = httptools.parse_url(self._url)
+        path = url.path.decode("latin-1") if url.path else "/"
+        query = {}
+        if url.query:
+            for key, value in parse_qsl(url.query.decode("latin-1"), keep_blank_values=True):
+                query.setdefault(key, value)
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in self._headers}
+        return Request(self.parser.get_method().decode("ascii"), path, query, headers, b"".join(self._body))
+
+    def _respond(self, response: Response, close: bool, head: bool = False) -> None:
+        transport = self.transport
+        if transport is None or self._closing:
+            return
+        status_line = _STATUS_LINES.get(response.status) or f"HTTP/1.1 {response.status} Status\r\n".encode()
+        parts = [
+            status_line,
+            b"Content-Type: ", response.content_type, b"\r\n",
+            b"Content-Length: ", str(len(response.body)).encode(), b"\r\n",
+        ]
+        for name, value in response.headers:
+            parts += (name, b": ", value, b"\r\n")
+        parts.append(b"Connection: close\r\n\r\n" if close else b"Connection: keep-alive\r\n\r\n")
+        if not head:
+            parts.append(response.body)
+        transport.write(b"".join(parts))
+        if close:
+            self._closing = True
+            self._cancel_timer()
+            transport.close()
+
+    def _arm_timer(self, timeout: float) -> None:
+        self._cancel_timer()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(timeout, self._on_timeout)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if self.transport is not None and not self._closing:
+            self._closing = True
+            self.transport.close()
+
+    def close_idle(self) -> None:
+        """Close this connection if it has no request in progress (shutdown)."""
+        if not self._closing and self.transport is not None:
+            self._closing = True
+            self._cancel_timer()
+            self.transport.close()
+
+    # -- upgrade ----------------------------------------------------------------------------
+
+    def _upgrade(self, tail: bytes) -> None:
+        request = self._request()
+        if request.path != "/ws":
+            self._respond(self.server.rest.handle(request), close=True)
+            return
+        if request.method != "GET":
+            self._respond(error_response(codes.METHOD_NOT_ALLOWED, "upgrade with GET", [(b"Allow", b"GET")]), close=True)
+            return
+        if not self.server.accepting:
+            self._respond(error_response(codes.SERVICE_UNAVAILABLE), close=True)
+            return
+        listener_or_error = self.server.accept_websocket(request)
+        if isinstance(listener_or_error, Response):
+            self._respond(listener_or_error, close=True)
+            return
+        listener = listener_or_error
+        transport = self.transport
+        assert transport is not None
+        self._closing = True
+        self._cancel_timer()
+        self.server.http_connections.discard(self)
+        settings = self.server.settings
+        protocol = WSProtocol(
+            None,  # host_port (client side only)
+            None,  # ws_path (client side only)
+            False,  # is_client_side
+            lambda upgrade_request: listener,
+            self.server.picows_logger,
+            True,  # disconnect_on_exception
+            settings.handshake_timeout,
+            settings.ping_interval > 0,  # enable_auto_ping
+            settings.ping_interval or 20.0,
+            min(settings.ping_timeout, settings.ping_interval or 20.0),
+            WSAutoPingStrategy.PING_WHEN_IDLE,
+            True,  # enable_auto_pong
+            settings.limits.max_message_size,  # max_frame_size: a frame can't be larger than a message
+            None,  # extra_headers (client side only)
+            2048,  # read_buffer_init_size: small, grows on demand
+        )
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        raw = self._raw_request(request.method) + tail
+        offset = 0
+        while offset < len(raw) and not transport.is_closing():
+            buffer = protocol.get_buffer(len(raw) - offset)
+            size = min(len(buffer), len(raw) - offset)
+            buffer[:size] = raw[offset:offset + size]
+            offset += size
+            protocol.buffer_updated(size)
+
+    def _raw_request(self, method: str) -> bytes:
+        parts = [method.encode(), b" ", self._url, b" HTTP/1.1\r\n"]
+        for name, value in self._headers:
+            parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)

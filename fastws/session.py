@@ -1,0 +1,125 @@
+"""Per-connection protocol state, sans I/O.
+
+A Session is fed complete text messages (``receive``) and answers through its
+Sink: ``send(frame)`` with pre-built frame bytes, ``close(code, reason)``. The
+server adapter implements the Sink on a real transport; tests implement it on
+a list.
+
+Invariants:
+
+1. Every command with a non-null ``ref`` gets exactly one reply: an ack (a
+   pong for ping) or an error. A command without a ref gets a reply only when
+   it fails.
+2. A failed command changes nothing: the error reply is all that happens.
+3. All of a connection's outgoing frames, replies and events, go through its
+   Sink in the order they were produced.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Protocol
+
+from . import codes
+from .core import frame_text
+from .exceptions import ProtocolError
+from .messages import (
+    Filters,
+    Ping,
+    Publish,
+    SetFilters,
+    Subscribe,
+    Unsubscribe,
+    decode_command,
+    encode_ack,
+    encode_error,
+    encode_pong,
+)
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+__all__ = ["Sink", "Session"]
+
+log = logging.getLogger("fastws.session")
+
+
+class Sink(Protocol):
+    """Where a session's outgoing frames go."""
+
+    def send(self, frame: bytes) -> None:
+        """Queue a complete WebSocket frame for this connection."""
+
+    def close(self, close_code: int, reason: str) -> None:
+        """Flush what is queued, send a close frame, and end the connection."""
+
+
+class Session:
+    """One WebSocket connection's state: identity, filters, and command dispatch."""
+
+    __slots__ = ("hub", "sink", "number", "connection_id", "tenant_id", "user_id", "filters", "closed")
+
+    def __init__(
+        self,
+        hub: "Hub",
+        sink: Sink,
+        number: int,
+        connection_id: str,
+        tenant_id: str,
+        user_id: str,
+    ) -> None:
+        self.hub = hub
+        self.sink = sink
+        #: the small integer the matcher knows this connection by
+        self.number = number
+        #: the id clients and operators see
+        self.connection_id = connection_id
+        self.tenant_id = tenant_id
+        self.user_id = user_id
+        self.filters = Filters()
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<Session {self.connection_id} tenant={self.tenant_id} user={self.user_id}>"
+
+    # -- incoming ----------------------------------------------------------------
+
+    def receive(self, data: bytes | memoryview) -> None:
+        """Handle one complete client message (valid UTF-8)."""
+        self.hub.metrics.messages_received += 1
+        try:
+            command = decode_command(data)
+            self._dispatch(command)
+        except ProtocolError as exc:
+            self.hub.metrics.errors += 1
+            if self.hub.debug:
+                log.debug("%s: %s", self.connection_id, exc)
+            self.send_json(encode_error(exc.code, exc.message, exc.ref))
+
+    def _dispatch(self, command: object) -> None:
+        if type(command) is Publish:
+            event_id = self.hub.publish(self.tenant_id, self.user_id, command, ack_to=self)
+            if self.hub.debug:
+                log.debug("%s: published %s", self.connection_id, event_id)
+        elif type(command) is Subscribe:
+            channel = self.hub.subscribe(self, command.channel, command.event_types, command.ref)
+            if command.ref is not None:
+                self.send_json(encode_ack(command.ref, channel=channel))
+        elif type(command) is Unsubscribe:
+            channel = self.hub.unsubscribe(self, command.channel, command.ref)
+            if command.ref is not None:
+                self.send_json(encode_ack(command.ref, channel=channel))
+        elif type(command) is SetFilters:
+            self.hub.set_filters(self, command.filters)
+            if command.ref is not None:
+                self.send_json(encode_ack(command.ref, filters=command.filters.to_json()))
+        elif type(command) is Ping:
+            self.send_json(encode_pong(command.ref))
+        else:  # pragma: no cover - decode_command returns only the types above
+            raise ProtocolError(codes.UNKNOWN_TYPE)
+
+    # -- outgoing ----------------------------------------------------------------
+
+    def send_json(self, payload: bytes) -> None:
+        """Frame and queue one JSON message for this connection only."""
+        self.sink.send(frame_text(payload))
