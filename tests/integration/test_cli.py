@@ -1,0 +1,103 @@
+"""`fastws serve` as a user runs it: a real process, real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+
+import pytest
+
+from tests.helpers import Client
+
+URL_LINE = re.compile(rb"WebSocket (ws://\S+?)\?")
+
+
+async def start(*args: str, env: dict[str, str] | None = None) -> tuple[asyncio.subprocess.Process, str, list[bytes]]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fastws", "serve", "--port", "0", *args,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    lines: list[bytes] = []
+    while True:
+        line = await asyncio.wait_for(process.stderr.readline(), 30)
+        assert line, b"".join(lines).decode()
+        lines.append(line)
+        match = URL_LINE.search(line)
+        if match:
+            return process, match.group(1).decode(), lines
+
+
+async def finish(process: asyncio.subprocess.Process, lines: list[bytes]) -> str:
+    rest = await asyncio.wait_for(process.stderr.read(), 30)
+    await asyncio.wait_for(process.wait(), 30)
+    return (b"".join(lines) + rest).decode()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_signal_closes_clients_with_1001_and_exits_0(signum):
+    """SIGTERM and SIGINT stop the server cleanly: clients get close 1001, the process exits 0."""
+    process, url, lines = await start()
+    client = await Client.connect(url)
+    process.send_signal(signum)
+    await asyncio.wait_for(client.ws.wait_closed(), 10)
+    assert client.ws.close_code == 1001
+    log = await finish(process, lines)
+    assert process.returncode == 0, log
+    assert "stopped" in log
+
+
+async def test_startup_log_names_urls_version_and_core():
+    """The startup log gives the WebSocket URL, the REST base URL, the version and the core in use."""
+    process, url, lines = await start("--legacy-url", "wss://legacy.example/ws")
+    process.send_signal(signal.SIGTERM)
+    log = await finish(process, lines)
+    from fastws import IMPLEMENTATION, __version__
+
+    assert f"fastws {__version__} (core: {IMPLEMENTATION}" in log
+    assert "REST http://127.0.0.1:" in log and "/api/websocket" in log
+    assert "legacy endpoint wss://legacy.example/ws" in log
+
+
+async def test_debug_env_turns_on_debug_logs():
+    """DEBUG=websocket:* (as the seed used) logs connections and commands at debug level."""
+    process, url, lines = await start(env={"DEBUG": "websocket:*"})
+    client = await Client.connect(url, "dbg", "alice")
+    await client.request({"type": "nope"})
+    await client.close()
+    process.send_signal(signal.SIGTERM)
+    log = await finish(process, lines)
+    assert "DEBUG fastws.hub: connected <Session" in log
+    assert "unknown_type" in log
+
+
+async def test_environment_sets_the_port():
+    """FASTWS_PORT and FASTWS_HOST are read when no flag is given."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fastws", "serve",
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "FASTWS_PORT": "0", "FASTWS_HOST": "127.0.0.1"},
+    )
+    line = b""
+    while not URL_LINE.search(line):
+        line = await asyncio.wait_for(process.stderr.readline(), 30)
+        assert line
+    assert URL_LINE.search(line).group(1).startswith(b"ws://127.0.0.1:")
+    process.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0
+
+
+async def test_bad_setting_is_a_clear_error():
+    """An invalid setting exits 2 with a message, not a traceback."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fastws", "serve",
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "FASTWS_MAX_MESSAGE_SIZE": "lots"},
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert b"max_message_size" in err and b"Traceback" not in err

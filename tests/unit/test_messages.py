@@ -1,0 +1,126 @@
+import orjson
+import pytest
+
+from fastws.exceptions import ConnectionClosedError, ProtocolError
+from fastws.messages import (
+    Filters,
+    Ping,
+    Publish,
+    SetFilters,
+    Subscribe,
+    Unsubscribe,
+    decode_command,
+    encode_error,
+    encode_event,
+    utc_timestamp,
+)
+
+
+def decode(obj):
+    return decode_command(orjson.dumps(obj))
+
+
+def error_of(raw):
+    with pytest.raises(ProtocolError) as info:
+        decode_command(raw if isinstance(raw, bytes) else orjson.dumps(raw))
+    return info.value
+
+
+def test_publish_defaults():
+    """A publish needs only an event: channel defaults to the tenant's, priority to normal, payload to {}."""
+    command = decode({"type": "publish", "event": "idea_created"})
+    assert command == Publish(None, None, "idea_created", {}, "client", "normal", None)
+
+
+def test_publish_all_fields():
+    """Every publish field is carried through."""
+    command = decode(
+        {
+            "type": "publish",
+            "channel": "ideas:t",
+            "event": "e",
+            "payload": [1],
+            "source": "svc",
+            "priority": "critical",
+            "targetUserId": "u2",
+            "ref": "r1",
+        }
+    )
+    assert command == Publish("r1", "ideas:t", "e", [1], "svc", "critical", "u2")
+
+
+def test_custom_event_is_a_publish_to_the_tenant():
+    """{"type": X, "data": ..} publishes event X, as the seed's sendMessage does."""
+    command = decode({"type": "custom_event", "data": {"m": 1}, "ref": 3})
+    assert command == Publish(3, None, "custom_event", {"m": 1}, "client", "normal", None)
+
+
+def test_other_commands():
+    """subscribe, unsubscribe, ping and filters decode to their commands."""
+    assert decode({"type": "subscribe", "channel": "ideas", "eventTypes": ["a"]}) == Subscribe(None, "ideas", frozenset({"a"}))
+    assert decode({"type": "subscribe", "channel": "ideas", "eventTypes": []}) == Subscribe(None, "ideas", None)
+    assert decode({"type": "unsubscribe", "channel": "ideas", "ref": 1.5}) == Unsubscribe(1.5, "ideas")
+    assert decode({"type": "ping", "ref": True}) == Ping(True)
+    assert decode({"type": "filters", "filters": {"priority": ["high"], "users": ["u"]}}) == SetFilters(
+        None, Filters(priorities=frozenset({"high"}), users=frozenset({"u"}))
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"not json", "invalid_json"),
+        (b"", "invalid_json"),
+        ([1], "invalid_message"),
+        ("text", "invalid_message"),
+        ({"type": 5}, "invalid_message"),
+        ({"no": "type"}, "invalid_message"),
+        ({"type": "frobnicate"}, "unknown_type"),
+        ({"type": "ack", "data": 1}, "reserved_type"),
+        ({"type": "connection", "data": {}}, "reserved_type"),
+        ({"type": "bad name", "data": {}}, "invalid_event"),
+        ({"type": "publish"}, "missing_field"),
+        ({"type": "publish", "event": "connection"}, "reserved_type"),
+        ({"type": "publish", "event": "e", "priority": "urgent"}, "invalid_priority"),
+        ({"type": "publish", "event": "e", "source": ""}, "invalid_source"),
+        ({"type": "publish", "event": "e", "channel": 3}, "invalid_channel"),
+        ({"type": "publish", "event": "e", "targetUserId": "a b"}, "invalid_user_id"),
+        ({"type": "subscribe"}, "missing_field"),
+        ({"type": "subscribe", "channel": "c", "eventTypes": "e"}, "invalid_field"),
+        ({"type": "unsubscribe"}, "missing_field"),
+        ({"type": "filters", "filters": []}, "invalid_filters"),
+        ({"type": "filters", "filters": {"priority": ["urgent"]}}, "invalid_priority"),
+        ({"type": "filters", "filters": {"eventTypes": "e"}}, "invalid_filters"),
+        ({"type": "filters", "filters": {"sources": [1]}}, "invalid_filters"),
+        ({"type": "ping", "ref": {"a": 1}}, "invalid_field"),
+    ],
+)
+def test_errors_have_documented_codes(raw, code):
+    """Each malformed command is refused with its documented code."""
+    assert error_of(raw).code == code
+
+
+def test_errors_carry_the_ref():
+    """An error about a command with a ref echoes the ref."""
+    assert error_of({"type": "publish", "ref": "r9"}).ref == "r9"
+
+
+@pytest.mark.parametrize("raw", [b"\xff", b'{"type":"ping","x":"\xed\xa0\x80"}', b'{"a":"\xc3"}'])
+def test_invalid_utf8_closes_with_1007(raw):
+    """Text that is not UTF-8 is a protocol violation (close 1007), not a JSON error."""
+    with pytest.raises(ConnectionClosedError) as info:
+        decode_command(raw)
+    assert info.value.close_code == 1007
+
+
+def test_event_shape_and_timestamp():
+    """Events carry the seed's fields plus channel, with an ISO-8601 millisecond UTC timestamp."""
+    stamp = utc_timestamp()
+    assert len(stamp) == 24 and stamp.endswith("Z") and stamp[19] == "."
+    event = orjson.loads(encode_event("i", "e", {"k": 1}, stamp, "s", "high", "t", "u", "tenant:t"))
+    assert list(event) == ["id", "eventType", "data", "timestamp", "source", "priority", "tenantId", "userId", "channel"]
+
+
+def test_error_reply_omits_null_ref():
+    """An error for a command without ref has no ref key."""
+    assert orjson.loads(encode_error("invalid_json", "m")) == {"type": "error", "code": "invalid_json", "message": "m"}
