@@ -37,6 +37,8 @@ class Limits:
     max_send_buffer: int = 16 * MIB
     #: distinct event types and sources remembered per tenant for GET /api/websocket
     max_tracked_names: int = 256
+    #: tenants without connections whose names and counts are remembered (oldest forgotten first)
+    max_idle_tenants: int = 10_000
 
     def to_json(self) -> dict[str, int]:
         return {
@@ -83,6 +85,7 @@ class Settings:
         "max_batch": "FASTWS_MAX_BATCH",
         "max_send_buffer": "FASTWS_MAX_SEND_BUFFER",
         "max_tracked_names": "FASTWS_MAX_TRACKED_NAMES",
+        "max_idle_tenants": "FASTWS_MAX_IDLE_TENANTS",
     }
 
     @classmethod

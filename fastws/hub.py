@@ -78,6 +78,8 @@ class Hub:
         self.debug = debug
         self._sessions: dict[int, Session] = {}
         self._tenants: dict[str, TenantState] = {}
+        # tenants with no local connection, oldest first; bounded by max_idle_tenants
+        self._idle_tenants: dict[str, None] = {}
         self._numbers = itertools.count(1)
 
     # -- connections ---------------------------------------------------------------
@@ -93,6 +95,7 @@ class Hub:
         self.matcher.add(number, user_id)
         tenant = self._tenant(tenant_id)
         tenant.connections += 1
+        self._idle_tenants.pop(tenant_id, None)
         channel = tenant_channel(tenant_id)
         self._add_subscription(session, channel, None)
         metrics = self.metrics
@@ -130,6 +133,8 @@ class Hub:
             self._count_channel(tenant, channel, -1)
         self.matcher.remove(session.number)
         tenant.connections -= 1
+        if tenant.connections == 0:
+            self._mark_idle(session.tenant_id)
         self.metrics.active_connections -= 1
         if self.debug:
             log.debug("disconnected %r", session)
@@ -276,7 +281,18 @@ class Hub:
         tenant = self._tenants.get(tenant_id)
         if tenant is None:
             tenant = self._tenants[tenant_id] = TenantState()
+            self._mark_idle(tenant_id)
         return tenant
+
+    def _mark_idle(self, tenant_id: str) -> None:
+        """Remember a tenant without connections; forget the oldest idle ones past the limit."""
+        idle = self._idle_tenants
+        idle.pop(tenant_id, None)
+        idle[tenant_id] = None
+        while len(idle) > self.limits.max_idle_tenants:
+            oldest = next(iter(idle))
+            del idle[oldest]
+            del self._tenants[oldest]
 
     def tenant(self, tenant_id: str) -> TenantState | None:
         return self._tenants.get(tenant_id)

@@ -147,3 +147,17 @@ def test_tracked_names_are_bounded():
         send(session, {"type": "publish", "event": f"e{i}", "source": f"s{i}"})
     tenant = hub.tenant("t")
     assert len(tenant.event_types) == 5 and len(tenant.sources) == 5
+
+
+def test_idle_tenants_are_bounded():
+    """Tenants seen only through publishes are remembered up to max_idle_tenants, oldest forgotten first."""
+    hub = Hub(Limits(max_idle_tenants=3))
+    kept, _ = connect(hub, "active")
+    from fastws.messages import Publish
+
+    for i in range(10):
+        hub.publish(f"t{i}", "u", Publish(None, None, "e", {}, "api", "normal", None))
+    assert set(hub.tenants()) == {"active", "t7", "t8", "t9"}
+    hub.disconnect(kept)
+    hub.publish("t10", "u", Publish(None, None, "e", {}, "api", "normal", None))
+    assert set(hub.tenants()) == {"t9", "active", "t10"}
