@@ -242,7 +242,7 @@ class HttpProtocol(asyncio.Protocol):
             settings.ping_interval or 20.0,
             min(settings.ping_timeout, settings.ping_interval or 20.0),
             WSAutoPingStrategy.PING_WHEN_IDLE,
-            True,  # enable_auto_pong
+            False,  # enable_auto_pong: Connection answers pings after checking the frame
             settings.limits.max_message_size,  # max_frame_size: a frame can't be larger than a message
             None,  # extra_headers (client side only)
             2048,  # read_buffer_init_size: small, grows on demand

@@ -121,9 +121,11 @@ class Connection(WSListener):
         elif msg_type == _CLOSE:
             self._on_close_frame(frame)
         elif msg_type == _PING or msg_type == _PONG:
-            # picows answers pings itself; we only check the frame's shape.
             if not frame.fin or frame.payload_size > 125:
                 raise ConnectionClosedError(codes.PROTOCOL_ERROR, "bad control frame")
+            if msg_type == _PING:
+                # Answered here, not by picows, so the RSV check above applies to pings too.
+                self.transport.send_pong(frame.get_payload_as_bytes())  # type: ignore[union-attr]
         elif msg_type == _BINARY:
             if self._fragments is not None:
                 raise ConnectionClosedError(codes.PROTOCOL_ERROR, "new message before the last one finished")
@@ -174,6 +176,10 @@ class Connection(WSListener):
         if pending is None:
             return
         self._pending = None
+        if self.transport.is_close_frame_sent:  # type: ignore[union-attr]
+            # picows failed the connection itself (a frame it refused): no data after a close frame.
+            self._closing = True
+            return
         self._write(pending[0] if len(pending) == 1 else b"".join(pending))  # type: ignore[misc]
         if self._write_buffer_size() > self.server.settings.limits.max_send_buffer:  # type: ignore[misc]
             self.close(codes.SLOW_CONSUMER, "slow consumer: send buffer full")
