@@ -18,7 +18,9 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
+
+import orjson
 
 from . import codes
 from .channels import resolve_channel, tenant_channel
@@ -36,9 +38,27 @@ from .messages import (
 )
 from .session import Session, Sink
 
-__all__ = ["Hub", "Metrics", "TenantState"]
+__all__ = ["Hub", "Event", "Metrics", "TenantState"]
 
 log = logging.getLogger("fastws.hub")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One published event, encoded and framed once, with what the matcher needs."""
+
+    id: str
+    tenant_id: str
+    channel: str
+    event_type: str
+    source: str
+    #: rank from messages.PRIORITIES
+    priority: int
+    #: the publisher's user id
+    publisher: str
+    target_user: str | None
+    #: the complete WebSocket frame every recipient is sent
+    frame: bytes
 
 
 @dataclass(slots=True)
@@ -205,38 +225,39 @@ class Hub:
 
     # -- publishing ----------------------------------------------------------------
 
-    def resolve(self, tenant_id: str, publish: Publish) -> str:
-        """The canonical channel of a publish; raises ChannelError for another tenant's."""
-        if publish.channel is None:
-            return tenant_channel(tenant_id)
-        try:
-            return resolve_channel(publish.channel, tenant_id)
-        except ProtocolError as exc:
-            exc.ref = publish.ref
-            raise
+    def prepare(self, tenant_id: str, user_id: str, publish: Publish) -> Event:
+        """Check, number and encode one event from ``user_id`` of ``tenant_id``; delivers nothing.
 
-    def publish(self, tenant_id: str, user_id: str, publish: Publish, ack_to: Session | None = None) -> str:
-        """Publish one validated event from ``user_id`` of ``tenant_id``; returns the event id.
-
-        With ``ack_to`` and a ref, the ack is queued to that session before the
-        event is delivered, so a publisher sees its ack first.
+        Raises ProtocolError (with the publish's ref) for another tenant's
+        channel or a payload that cannot be encoded, so a caller can prepare a
+        whole batch before delivering any of it.
         """
-        channel = self.resolve(tenant_id, publish)
+        if publish.channel is None:
+            channel = tenant_channel(tenant_id)
+        else:
+            try:
+                channel = resolve_channel(publish.channel, tenant_id)
+            except ProtocolError as exc:
+                exc.ref = publish.ref
+                raise
         event_id = new_event_id()
-        if ack_to is not None and publish.ref is not None:
-            ack_to.send_json(encode_ack(publish.ref, id=event_id))
-        payload = encode_event(
+        try:
+            payload = encode_event(
+                event_id,
+                publish.event,
+                publish.payload,
+                utc_timestamp(),
+                publish.source,
+                publish.priority,
+                tenant_id,
+                user_id,
+                channel,
+            )
+        except orjson.JSONEncodeError:
+            raise ProtocolError(codes.INVALID_FIELD, "'payload' cannot be encoded (nested too deeply)", publish.ref) from None
+        return Event(
             event_id,
-            publish.event,
-            publish.payload,
-            utc_timestamp(),
-            publish.source,
-            publish.priority,
             tenant_id,
-            user_id,
-            channel,
-        )
-        self.deliver(
             channel,
             publish.event,
             publish.source,
@@ -245,34 +266,39 @@ class Hub:
             publish.target_user_id,
             frame_text(payload),
         )
-        tenant = self._tenant(tenant_id)
-        tenant.events_published += 1
-        limit = self.limits.max_tracked_names
-        if publish.event not in tenant.event_types and len(tenant.event_types) < limit:
-            tenant.event_types[publish.event] = None
-        if publish.source not in tenant.sources and len(tenant.sources) < limit:
-            tenant.sources[publish.source] = None
-        return event_id
 
-    def deliver(
-        self,
-        channel: str,
-        event_type: str,
-        source: str,
-        priority: int,
-        publisher: str,
-        target_user: str | None,
-        frame: bytes,
-    ) -> int:
-        """Hand one framed event to every matching local connection; returns how many."""
-        matched = self.matcher.match(channel, event_type, source, priority, publisher, target_user)
+    def publish(self, tenant_id: str, user_id: str, publish: Publish, ack_to: Session | None = None) -> str:
+        """Prepare and deliver one event; returns its id.
+
+        With ``ack_to`` and a ref, the ack is queued to that session before the
+        event is delivered, so a publisher sees its ack first.
+        """
+        event = self.prepare(tenant_id, user_id, publish)
+        if ack_to is not None and publish.ref is not None:
+            ack_to.send_json(encode_ack(publish.ref, id=event.id))
+        self.deliver(event)
+        return event.id
+
+    def deliver(self, event: Event) -> int:
+        """Hand one prepared event's frame to every matching local connection; returns how many."""
+        matched = self.matcher.match(
+            event.channel, event.event_type, event.source, event.priority, event.publisher, event.target_user
+        )
         sessions = self._sessions
+        frame = event.frame
         for number in matched:
             sessions[number].sink.send(frame)
         metrics = self.metrics
         metrics.events_published += 1
         metrics.events_sent += len(matched)
         metrics.last_activity = time.time()
+        tenant = self._tenant(event.tenant_id)
+        tenant.events_published += 1
+        limit = self.limits.max_tracked_names
+        if event.event_type not in tenant.event_types and len(tenant.event_types) < limit:
+            tenant.event_types[event.event_type] = None
+        if event.source not in tenant.sources and len(tenant.sources) < limit:
+            tenant.sources[event.source] = None
         return len(matched)
 
     # -- introspection -------------------------------------------------------------

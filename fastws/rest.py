@@ -24,12 +24,12 @@ from typing import Any, Callable
 import orjson
 
 from . import __version__, codes
-from .channels import is_valid_id, tenant_channel, validate_tenant_id, validate_user_id
+from .channels import tenant_channel, validate_tenant_id, validate_user_id
 from .config import Settings
 from .core import IMPLEMENTATION
 from .exceptions import ProtocolError
-from .hub import Hub
-from .messages import Publish, decode_publish
+from .hub import Event, Hub
+from .messages import decode_publish
 
 __all__ = ["Request", "Response", "RestAPI", "error_response"]
 
@@ -82,6 +82,8 @@ class RestAPI:
         #: "running" or "draining"
         self.state = state
         self.started_at = time.time()
+        #: the URL reported when a request has no usable Host header; the server sets it once bound
+        self.fallback_ws_url = f"ws://{settings.host}:{settings.port}/ws"
         self._routes: dict[str, dict[str, Callable[[Request], Response]]] = {
             "/api/websocket": {"GET": self.get_info, "POST": self.post_publish},
             "/api/websocket/status": {"GET": self.get_status},
@@ -133,7 +135,7 @@ class RestAPI:
     def _ws_url(self, request: Request) -> str:
         host = request.headers.get("host", "")
         if not host or any(c in host for c in "/?#@ \\") or len(host) > 255:
-            host = f"{self.settings.host}:{self.settings.port}"
+            return self.fallback_ws_url
         return f"ws://{host}/ws"
 
     # -- handlers ---------------------------------------------------------------------
@@ -189,21 +191,21 @@ class RestAPI:
                 raise ProtocolError(codes.BATCH_TOO_LARGE, f"at most {self.settings.limits.max_batch} events per batch")
             if not body:
                 raise ProtocolError(codes.INVALID_FIELD, "the batch is empty")
-            batch = [self._decode(item, index) for index, item in enumerate(body)]
-            for publish in batch:
-                hub.resolve(tenant_id, publish)
-            ids = [hub.publish(tenant_id, user_id, publish) for publish in batch]
-            return _ok({"ids": ids})
-        publish = self._decode(body, None)
-        return _ok({"id": hub.publish(tenant_id, user_id, publish)})
+            # Prepare (check and encode) every item before delivering any.
+            events = [self._prepare(tenant_id, user_id, item, index) for index, item in enumerate(body)]
+            for event in events:
+                hub.deliver(event)
+            return _ok({"ids": [event.id for event in events]})
+        event = self._prepare(tenant_id, user_id, body, None)
+        hub.deliver(event)
+        return _ok({"id": event.id})
 
-    @staticmethod
-    def _decode(item: object, index: int | None) -> Publish:
+    def _prepare(self, tenant_id: str, user_id: str, item: object, index: int | None) -> Event:
         where = "" if index is None else f"item {index}: "
         if type(item) is not dict:
             raise ProtocolError(codes.INVALID_MESSAGE, f"{where}an event must be a JSON object")
         try:
-            return decode_publish(item, "api")
+            return self.hub.prepare(tenant_id, user_id, decode_publish(item, "api"))
         except ProtocolError as exc:
             raise ProtocolError(exc.code, where + exc.message) from None
 

@@ -60,6 +60,7 @@ class Server:
         else:
             kwargs.update(host=self.settings.host, port=self.settings.port, reuse_address=True)
         self._server = await self._loop.create_server(lambda: HttpProtocol(self), **kwargs)
+        self.rest.fallback_ws_url = self.ws_url
         self.accepting = True
         return self
 

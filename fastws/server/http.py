@@ -57,7 +57,7 @@ class HttpProtocol(asyncio.Protocol):
 
     __slots__ = (
         "server", "transport", "parser", "_url", "_headers", "_body", "_size",
-        "_body_size", "_timer", "_closing",
+        "_body_size", "_timer", "_closing", "_in_head", "_head_bytes", "_completed",
     )
 
     def __init__(self, server: "Server") -> None:
@@ -71,6 +71,10 @@ class HttpProtocol(asyncio.Protocol):
         self._body_size = 0
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
+        # head-size accounting across data_received calls (see data_received)
+        self._in_head = True
+        self._head_bytes = 0
+        self._completed = 0
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -85,23 +89,42 @@ class HttpProtocol(asyncio.Protocol):
         self.server.http_connections.discard(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
-            return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            self._upgrade(data[upgrade.args[0]:])
-        except httptools.HttpParserCallbackError as exc:
-            if not isinstance(exc.__context__, _Abort):
-                log.error("error handling HTTP request", exc_info=exc.__context__)
-                self._respond(error_response(codes.INTERNAL), close=True)
-        except httptools.HttpParserError:
-            self._respond(error_response(codes.BAD_REQUEST, "malformed HTTP request"), close=True)
+        # While a request head is arriving, feed the parser at most what is left
+        # of the header budget: httptools buffers an unfinished header line
+        # itself, so on_header alone cannot bound it.
+        limit = self.server.settings.limits.max_header_size
+        offset = 0
+        while offset < len(data) and not self._closing:
+            if self._in_head and len(data) - offset > limit + 1 - self._head_bytes:
+                piece = data[offset:offset + limit + 1 - self._head_bytes]
+            else:
+                piece = data[offset:] if offset else data
+            offset += len(piece)
+            completed = self._completed
+            try:
+                self.parser.feed_data(piece)
+            except httptools.HttpParserUpgrade as upgrade:
+                self._upgrade(piece[upgrade.args[0]:] + data[offset:])
+                return
+            except httptools.HttpParserCallbackError as exc:
+                if not isinstance(exc.__context__, _Abort):
+                    log.error("error handling HTTP request", exc_info=exc.__context__)
+                    self._respond(error_response(codes.INTERNAL), close=True)
+                return
+            except httptools.HttpParserError:
+                self._respond(error_response(codes.BAD_REQUEST, "malformed HTTP request"), close=True)
+                return
+            if self._in_head and self._completed == completed:
+                self._head_bytes += len(piece)
+                if self._head_bytes > limit:
+                    self._respond(error_response(codes.HEADERS_TOO_LARGE), close=True)
+                    return
 
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._cancel_timer()
+        # The whole request must arrive within handshake_timeout.
+        self._arm_timer(self.server.settings.handshake_timeout)
         self._url = b""
         self._headers = []
         self._body = []
@@ -123,6 +146,7 @@ class HttpProtocol(asyncio.Protocol):
             raise _Abort
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         for name, value in self._headers:
             if name.lower() == b"content-length":
                 try:
@@ -141,6 +165,9 @@ class HttpProtocol(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0
+        self._completed += 1
         if self.parser.should_upgrade():
             return  # feed_data raises HttpParserUpgrade next
         request = self._request()

@@ -29,6 +29,7 @@ from tests.helpers import TIMEOUT, Client
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 GENERIC_500 = "unexpected server error; the details are in the server log"
+IDENTITY = {"X-Tenant-ID": "acme", "X-User-ID": "svc", "Content-Type": "application/json"}
 
 # --- a minimal HTTP/1.1 client ---------------------------------------------------
 
@@ -233,11 +234,9 @@ def find_keys(value: Any, words: tuple[str, ...]) -> list[str]:
     return found
 
 
-def nested(depth: int) -> Any:
-    value: Any = []
-    for _ in range(depth - 1):
-        value = [value]
-    return value
+def deep_json(depth: int) -> bytes:
+    """A JSON array nested ``depth`` deep: orjson.loads accepts up to 1024, orjson.dumps only 254."""
+    return b"[" * depth + b"]" * depth
 
 
 # --- a minimal WebSocket client side ------------------------------------------------
@@ -560,29 +559,52 @@ async def test_publish_batch_with_one_invalid_item_delivers_nothing(server, bad_
         response = await publish(server, [good, good, bad_item, good])
         assert response.status == status, response
         assert response.error_code() == code
-        assert "item 2" in response.json()["error"]["message"]
         assert await alice.drain() == []
         assert await eve.drain() == []
     status_body = (await fetch(server, "GET", "/api/websocket/status")).json()
     assert status_body["websocket"]["metrics"]["events_published"] == 0
 
 
+@pytest.mark.parametrize(
+    "bad_item",
+    [
+        {"event": "x", "priority": "urgent"},
+        "not an object",
+        {"event": "x", "channel": "ideas:other"},
+        {"event": "x", "channel": "bad channel"},
+    ],
+    ids=["priority", "not-object", "forbidden-channel", "invalid-channel"],
+)
+async def test_publish_batch_error_names_the_bad_item(server, bad_item):
+    """The error for a batch with an invalid item says which item ("item N: ..."), channel errors included."""
+    response = await publish(server, [{"event": "fine"}, {"event": "fine"}, bad_item])
+    assert response.status in (400, 403), response
+    message = response.json()["error"]["message"]
+    assert message.startswith("item 2: "), message
+
+
 async def test_publish_batch_with_an_unencodable_item_delivers_nothing(server):
     """A batch whose last payload cannot be encoded (nested deeper than orjson.dumps allows) delivers none of the batch."""
     async with await Client.connect(server.ws_url, "acme", "alice") as alice:
-        response = await publish(server, [{"event": "fine"}, {"event": "fine"}, {"event": "deep", "payload": nested(300)}])
+        body = b'[{"event":"fine"},{"event":"fine"},{"event":"deep","payload":' + deep_json(300) + b"}]"
+        response = await fetch(server, "POST", "/api/websocket", IDENTITY, body)
         assert response.status >= 400, response
         assert await alice.drain() == [], "part of a rejected batch was delivered"
 
 
 async def test_handler_exception_text_never_reaches_the_client(server):
-    """An exception inside a handler (orjson refusing a 300-deep payload) answers 500 internal_error without its text."""
+    """A payload that makes the handler raise (orjson.dumps refuses 300-deep nesting) never leaks the exception's text."""
     async with await Client.connect(server.ws_url, "acme", "alice") as alice:
-        response = await publish(server, {"event": "deep", "payload": nested(300)})
-        assert response.status == 500, response
-        assert response.error_code() == "internal_error"
-        assert response.json()["error"]["message"] == GENERIC_500
+        body = b'{"event":"deep","payload":' + deep_json(300) + b"}"
+        response = await fetch(server, "POST", "/api/websocket", IDENTITY, body)
+        # Today the handler raises and the answer is the generic 500; a fix may refuse it as a 400 instead.
+        if response.status == 500:
+            assert response.error_code() == "internal_error"
+            assert response.json()["error"]["message"] == GENERIC_500
+        else:
+            assert response.status == 400 and response.error_code() == "invalid_field", response
         assert b"Recursion" not in response.body and b"Traceback" not in response.body
+        assert b"TypeError" not in response.body
         assert await alice.drain() == []
     await assert_serves_fresh_clients(server)
 
@@ -718,7 +740,7 @@ async def test_status_metrics_count_known_activity(server):
     assert metrics["event_history_size"] == 0
 
     alice = await Client.connect(server.ws_url, "acme", "alice")
-    async with await Client.connect(server.ws_url, "acme", "bob") as bob:
+    async with alice, await Client.connect(server.ws_url, "acme", "bob") as bob:
         for i in range(3):
             assert (await publish(server, {"event": "e", "payload": i})).status == 200
         assert (await publish(server, {"event": "only_bob", "targetUserId": "bob"})).status == 200
@@ -935,7 +957,7 @@ SMALL = Limits(max_body_size=1024, max_header_size=1024)
 def json_body_of_size(size: int) -> bytes:
     """A valid publish body of exactly ``size`` bytes."""
     base = b'{"event":"sized","payload":""}'
-    body = base[:-2] + b'"' + b"p" * (size - len(base)) + b'"}'
+    body = base[:-2] + b"p" * (size - len(base)) + b'"}'
     assert len(body) == size
     return body
 

@@ -24,7 +24,7 @@ def test_exception_text_never_reaches_the_client(monkeypatch, caplog):
     def explode(*args, **kwargs):
         raise RuntimeError("secret database password")
 
-    monkeypatch.setattr(rest.hub, "publish", explode)
+    monkeypatch.setattr(rest.hub, "deliver", explode)
     response = post(rest, {"event": "e"})
     assert response.status == 500
     assert b"secret" not in response.body
