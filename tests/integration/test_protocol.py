@@ -207,3 +207,31 @@ async def test_shutdown_closes_clients_with_1001(settings):
         await server.close()
         await asyncio.wait_for(client.ws.wait_closed(), 5)
         assert client.ws.close_code == 1001
+
+
+async def test_events_of_one_loop_iteration_go_out_in_one_write(server):
+    """A batch of 10 events reaches a subscriber as one socket write holding 10 frames."""
+    import orjson
+
+    subscriber = await Client.connect(server.ws_url, "co", "sub")
+    (connection,) = [c for c in server.connections if c.tenant_id == "co"]
+    writes: list[bytes] = []
+    original = connection._write
+
+    def counting_write(data: bytes) -> None:
+        writes.append(data)
+        original(data)
+
+    connection._write = counting_write
+    body = orjson.dumps([{"event": "tick", "payload": {"n": n}} for n in range(10)])
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        b"POST /api/websocket HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: co\r\nX-User-ID: p\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    await reader.readuntil(b"\r\n\r\n")
+    received = [await subscriber.recv() for _ in range(10)]
+    assert [m["data"]["n"] for m in received] == list(range(10))
+    assert len(writes) == 1 and writes[0].count(b'"eventType":"tick"') == 10
+    writer.close()
+    await subscriber.close()
