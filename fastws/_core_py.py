@@ -8,9 +8,11 @@ all connections.
 
 from __future__ import annotations
 
+import os
+import struct
 from typing import Iterable
 
-__all__ = ["IMPLEMENTATION", "frame_text", "Matcher"]
+__all__ = ["IMPLEMENTATION", "frame_text", "Matcher", "RingBuffer", "new_epoch"]
 
 IMPLEMENTATION = "python"
 
@@ -88,7 +90,10 @@ class Matcher:
     ) -> None:
         if connection not in self._users:
             raise KeyError(connection)
-        compiled = (frozenset(event_types), frozenset(sources), frozenset(priorities), frozenset(users))
+        priorities = frozenset(priorities)
+        if any(not 0 <= p <= 7 for p in priorities):
+            raise ValueError("priorities are ranks 0-7")
+        compiled = (frozenset(event_types), frozenset(sources), priorities, frozenset(users))
         if any(compiled):
             self._filters[connection] = compiled
         else:
@@ -174,3 +179,204 @@ class Matcher:
                     continue
             matched.append(connection)
         return matched
+
+
+# -- history -------------------------------------------------------------------------
+
+# A RingBuffer is one flat buffer, so it can live in shared memory:
+#
+#   header  80 bytes   magic "FWRB", version, capacity, max_events, first_offset,
+#                      next_offset, head, tail, count (all u64 but version), epoch (16 ASCII bytes)
+#   index   16 bytes a slot, max_events slots: (position u64, length u32, 0 u32) of
+#           offset o at slot (o - 1) % max_events
+#   data    capacity bytes, records placed contiguously; a record that would
+#           cross the end starts again at 0 (the gap counts as used)
+#
+# Positions are virtual (they only grow); a position p lives at byte p % capacity.
+# A record: priority u8, the lengths (u8) of event type, source, publisher and
+# target user (0: none), those four strings, then the event's frame.
+
+_HEADER = struct.Struct("<4sHHQQQQQQQ16s")
+_SLOT = struct.Struct("<QII")
+_META = struct.Struct("<BBBBB")
+_MAGIC = b"FWRB"
+_VERSION = 1
+HEADER_SIZE = _HEADER.size  # 80
+
+
+def new_epoch() -> str:
+    """A random stream epoch: 16 hex characters, never a counter that repeats after a restart."""
+    return os.urandom(8).hex()
+
+
+class RingBuffer:
+    """One channel's recent events, bounded by count and by bytes, numbered by offset.
+
+    Offsets start at 1 and grow by one per event; ``since`` is exclusive. The
+    epoch names the stream: a reader whose epoch differs has lost continuity.
+    """
+
+    __slots__ = ("_buffer", "_view", "_capacity", "_max_events", "_index", "_data")
+
+    def __init__(self, buffer, capacity: int | None = None, max_events: int | None = None,
+                 epoch: str | None = None, next_offset: int = 1) -> None:
+        view = memoryview(buffer).cast("B")
+        if view.readonly:
+            raise ValueError("the buffer must be writable")
+        if capacity is not None:
+            if max_events is None or capacity <= 0 or max_events <= 0 or next_offset < 1:
+                raise ValueError("capacity and max_events must be positive, next_offset at least 1")
+            if len(view) < self.layout_size(capacity, max_events):
+                raise ValueError("the buffer is smaller than the layout")
+            epoch_bytes = (epoch or new_epoch()).encode("ascii")
+            if len(epoch_bytes) != 16:
+                raise ValueError("an epoch is 16 ASCII characters")
+            _HEADER.pack_into(view, 0, _MAGIC, _VERSION, 0, capacity, max_events,
+                              next_offset, next_offset, 0, 0, 0, epoch_bytes)
+        magic, version, _, capacity, max_events = _HEADER.unpack_from(view, 0)[:5]
+        if magic != _MAGIC or version != _VERSION:
+            raise ValueError("not a fastws ring buffer (or another layout version)")
+        if len(view) < self.layout_size(capacity, max_events):
+            raise ValueError("the buffer is smaller than its layout")
+        self._buffer = buffer
+        self._view = view
+        self._capacity = capacity
+        self._max_events = max_events
+        self._index = HEADER_SIZE
+        self._data = HEADER_SIZE + _SLOT.size * max_events
+
+    @staticmethod
+    def layout_size(capacity: int, max_events: int) -> int:
+        return HEADER_SIZE + _SLOT.size * max_events + capacity
+
+    @classmethod
+    def create(cls, capacity: int, max_events: int, epoch: str | None = None, next_offset: int = 1) -> "RingBuffer":
+        return cls(bytearray(cls.layout_size(capacity, max_events)), capacity, max_events, epoch, next_offset)
+
+    # -- header fields ------------------------------------------------------------------
+
+    def _get(self, offset: int) -> int:
+        return int.from_bytes(self._view[offset:offset + 8], "little")
+
+    def _set(self, offset: int, value: int) -> None:
+        self._view[offset:offset + 8] = value.to_bytes(8, "little")
+
+    @property
+    def buffer(self):
+        return self._buffer
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def max_events(self) -> int:
+        return self._max_events
+
+    @property
+    def epoch(self) -> str:
+        return bytes(self._view[64:80]).decode("ascii")
+
+    @property
+    def first_offset(self) -> int:
+        """The oldest offset held (equal to next_offset when empty)."""
+        return self._get(24)
+
+    @property
+    def next_offset(self) -> int:
+        return self._get(32)
+
+    @property
+    def last_offset(self) -> int:
+        """The newest offset given out (0 before the first event)."""
+        return self._get(32) - 1
+
+    def __len__(self) -> int:
+        return self._get(56)
+
+    @property
+    def nbytes(self) -> int:
+        """Data bytes in use, gaps at the wrap included."""
+        return self._get(48) - self._get(40)
+
+    def covers(self, since: int) -> bool:
+        """True when every event after ``since`` is still here (nothing missed, nothing from the future)."""
+        return self._get(24) - 1 <= since <= self._get(32) - 1
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _slot(self, offset: int) -> int:
+        return self._index + _SLOT.size * ((offset - 1) % self._max_events)
+
+    def _evict_oldest(self) -> None:
+        first = self._get(24)
+        count = self._get(56) - 1
+        self._set(24, first + 1)
+        self._set(56, count)
+        if count:
+            self._set(40, _SLOT.unpack_from(self._view, self._slot(first + 1))[0])
+        else:
+            self._set(40, self._get(48))
+
+    def append(self, offset: int, frame: bytes, event_type: str, source: str, priority: int,
+               publisher: str, target: str | None = None) -> bool:
+        """Store event ``offset`` (which must be next_offset); False if it is larger than the whole ring."""
+        if offset != self._get(32):
+            raise ValueError(f"offset {offset} is not the next offset {self._get(32)}")
+        strings = [s.encode() for s in (event_type, source, publisher, target or "")]
+        if any(len(b) > 255 for b in strings) or not 0 <= priority <= 255:
+            raise ValueError("names are at most 255 bytes, priority a byte")
+        length = _META.size + sum(map(len, strings)) + len(frame)
+        capacity = self._capacity
+        self._set(32, offset + 1)
+        if length > capacity:
+            # It can never be held: the history now starts after it.
+            tail = self._get(48)
+            self._set(24, offset + 1)
+            self._set(40, tail)
+            self._set(56, 0)
+            return False
+        if self._get(56) == self._max_events:
+            self._evict_oldest()
+        start = self._get(48)
+        if start % capacity + length > capacity:
+            start += capacity - start % capacity
+        while self._get(56) and start + length - self._get(40) > capacity:
+            self._evict_oldest()
+        if not self._get(56):
+            self._set(24, offset)
+            self._set(40, start)
+        at = self._data + start % capacity
+        view = self._view
+        _META.pack_into(view, at, priority, *map(len, strings))
+        at += _META.size
+        for part in strings:
+            view[at:at + len(part)] = part
+            at += len(part)
+        view[at:at + len(frame)] = frame
+        _SLOT.pack_into(view, self._slot(offset), start, length, 0)
+        self._set(48, start + length)
+        self._set(56, self._get(56) + 1)
+        return True
+
+    # -- reading ------------------------------------------------------------------------
+
+    def read(self, since: int, limit: int) -> list[tuple[int, str, str, int, str, str | None, bytes]]:
+        """Up to ``limit`` events after ``since``, oldest first, as
+        (offset, event_type, source, priority, publisher, target, frame)."""
+        first = max(since + 1, self._get(24))
+        stop = min(self._get(32), first + max(limit, 0))
+        view = self._view
+        events = []
+        for offset in range(first, stop):
+            position, length, _ = _SLOT.unpack_from(view, self._slot(offset))
+            at = self._data + position % self._capacity
+            priority, *lengths = _META.unpack_from(view, at)
+            at += _META.size
+            names = []
+            for size in lengths:
+                names.append(bytes(view[at:at + size]).decode())
+                at += size
+            end = self._data + position % self._capacity + length
+            events.append((offset, names[0], names[1], priority, names[2], names[3] or None, bytes(view[at:end])))
+        return events
