@@ -2,6 +2,7 @@ from libc.stdint cimport int32_t, uint8_t, uint64_t
 
 
 cpdef bytes frame_text(bytes payload)
+cpdef bytes frame_event(bytes payload, long long offset)
 
 
 # -- matcher -------------------------------------------------------------------

@@ -45,6 +45,56 @@ cpdef bytes frame_text(bytes payload):
     return frame
 
 
+cpdef bytes frame_event(bytes payload, long long offset):
+    """The frame of an event: ``payload`` (a JSON object) with ``"offset":N`` added as its last key.
+
+    One allocation: the frame header, the payload and the offset are written
+    straight into the result.
+    """
+    cdef Py_ssize_t length = len(payload)
+    if length == 0 or (<char*>payload)[length - 1] != b"}" or offset < 0:
+        raise ValueError("payload must be a JSON object and offset non-negative")
+    cdef char digits[24]
+    cdef int n_digits = 0
+    cdef long long value = offset
+    while True:
+        digits[n_digits] = <char>(48 + value % 10)
+        n_digits += 1
+        value //= 10
+        if value == 0:
+            break
+    # ,"offset":N}  (no comma after an empty object)
+    cdef Py_ssize_t comma = 1 if length > 2 else 0
+    cdef Py_ssize_t size = length - 1 + comma + 10 + n_digits
+    cdef Py_ssize_t header = 2 if size < 126 else (4 if size < 65536 else 10)
+    cdef bytes frame = PyBytes_FromStringAndSize(NULL, header + size)
+    cdef uint8_t* out = <uint8_t*>PyBytes_AS_STRING(frame)
+    cdef int i
+    out[0] = 0x81
+    if header == 2:
+        out[1] = <uint8_t>size
+    elif header == 4:
+        out[1] = 126
+        out[2] = <uint8_t>(size >> 8)
+        out[3] = <uint8_t>(size & 0xFF)
+    else:
+        out[1] = 127
+        for i in range(8):
+            out[2 + i] = <uint8_t>((size >> (8 * (7 - i))) & 0xFF)
+    out += header
+    memcpy(out, PyBytes_AS_STRING(payload), length - 1)
+    out += length - 1
+    if comma:
+        out[0] = b","
+        out += 1
+    memcpy(out, b'"offset":', 9)
+    out += 9
+    for i in range(n_digits):
+        out[i] = digits[n_digits - 1 - i]
+    out[n_digits] = b"}"
+    return frame
+
+
 # =============================================================================
 # Matcher
 #

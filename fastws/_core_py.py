@@ -12,7 +12,7 @@ import os
 import struct
 from typing import Iterable
 
-__all__ = ["IMPLEMENTATION", "frame_text", "Matcher", "RingBuffer", "new_epoch"]
+__all__ = ["IMPLEMENTATION", "frame_text", "frame_event", "Matcher", "RingBuffer", "new_epoch"]
 
 IMPLEMENTATION = "python"
 
@@ -27,6 +27,14 @@ def frame_text(payload: bytes) -> bytes:
     if size < 65536:
         return bytes((0x81, 126, size >> 8, size & 0xFF)) + payload
     return b"\x81\x7f" + size.to_bytes(8, "big") + payload
+
+
+def frame_event(payload: bytes, offset: int) -> bytes:
+    """The frame of an event: ``payload`` (a JSON object) with ``"offset":N`` added as its last key."""
+    if not payload.endswith(b"}") or offset < 0:
+        raise ValueError("payload must be a JSON object and offset non-negative")
+    body = payload[:-1] + (b',"offset":%d}' % offset if len(payload) > 2 else b'"offset":%d}' % offset)
+    return frame_text(body)
 
 
 class Matcher:

@@ -37,6 +37,12 @@ class Limits:
     max_send_buffer: int = 16 * MIB
     #: distinct event types and sources remembered per tenant for GET /api/websocket
     max_tracked_names: int = 256
+    #: events kept per channel for recovery and GET /api/websocket/history
+    history_size: int = 1000
+    #: bytes of events kept per channel
+    history_bytes: int = 1 * MIB
+    #: bytes of history across all channels; past it the least recently published channels lose theirs
+    history_total_bytes: int = 256 * MIB
     #: tenants without connections whose names and counts are remembered (oldest forgotten first)
     max_idle_tenants: int = 10_000
 
@@ -86,6 +92,9 @@ class Settings:
         "max_send_buffer": "FASTWS_MAX_SEND_BUFFER",
         "max_tracked_names": "FASTWS_MAX_TRACKED_NAMES",
         "max_idle_tenants": "FASTWS_MAX_IDLE_TENANTS",
+        "history_size": "FASTWS_HISTORY_SIZE",
+        "history_bytes": "FASTWS_HISTORY_BYTES",
+        "history_total_bytes": "FASTWS_HISTORY_TOTAL_BYTES",
     }
 
     @classmethod

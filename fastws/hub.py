@@ -25,7 +25,8 @@ import orjson
 from . import codes
 from .channels import resolve_channel, tenant_channel
 from .config import Limits
-from .core import Matcher, frame_text
+from .history import History
+from .core import Matcher, frame_event
 from .exceptions import ProtocolError
 from .messages import (
     PRIORITIES,
@@ -57,8 +58,8 @@ class Event:
     #: the publisher's user id
     publisher: str
     target_user: str | None
-    #: the complete WebSocket frame every recipient is sent
-    frame: bytes
+    #: the event's JSON, without its offset (given when it is delivered)
+    payload: bytes
 
 
 @dataclass(slots=True)
@@ -71,6 +72,8 @@ class Metrics:
     events_sent: int = 0
     events_published: int = 0
     messages_received: int = 0
+    #: recoveries answered with replayed history
+    events_replayed: int = 0
     errors: int = 0
     #: unix time of the last connection or event
     last_activity: float = 0.0
@@ -94,6 +97,7 @@ class Hub:
         self.limits = limits or Limits()
         self.matcher = Matcher()
         self.metrics = Metrics()
+        self.history = History(self.limits)
         #: cached debug flag: the hot path never formats log lines unless set
         self.debug = debug
         self._sessions: dict[int, Session] = {}
@@ -104,15 +108,28 @@ class Hub:
 
     # -- connections ---------------------------------------------------------------
 
-    def connect(self, sink: Sink, tenant_id: str, user_id: str) -> Session:
+    def connect(
+        self,
+        sink: Sink,
+        tenant_id: str,
+        user_id: str,
+        filters: Filters | None = None,
+        since: int | None = None,
+        epoch: str | None = None,
+    ) -> Session:
         """Register a new connection, subscribe it to ``tenant:T`` and send its welcome event.
 
-        ``tenant_id`` and ``user_id`` must already be validated.
+        ``tenant_id``, ``user_id``, ``filters`` and the position must already be
+        validated. With ``since`` the connection resumes ``tenant:T`` after that
+        offset of ``epoch``: the welcome says ``recovered`` and the missed
+        events that pass the filters follow it, before anything live.
         """
         number = next(self._numbers)
         session = Session(self, sink, number, str(uuid.UUID(bytes=os.urandom(16), version=4)), tenant_id, user_id)
         self._sessions[number] = session
         self.matcher.add(number, user_id)
+        if filters is not None:
+            self.set_filters(session, filters)
         tenant = self._tenant(tenant_id)
         tenant.connections += 1
         self._idle_tenants.pop(tenant_id, None)
@@ -122,24 +139,23 @@ class Hub:
         metrics.total_connections += 1
         metrics.active_connections += 1
         metrics.last_activity = time.time()
+        data: dict[str, Any] = {
+            "connectionId": session.connection_id,
+            "channels": [channel],
+            "limits": self.limits.to_json(),
+        }
+        records: list = []
+        if since is None:
+            data["epoch"], data["offset"] = self.history.position(channel)
+        else:
+            data["recovered"], data["epoch"], data["offset"], records = self.history.recover(channel, epoch, since)
         welcome = encode_event(
-            new_event_id(),
-            "connection",
-            {
-                "connectionId": session.connection_id,
-                "channels": [channel],
-                "limits": self.limits.to_json(),
-            },
-            utc_timestamp(),
-            "system",
-            "normal",
-            tenant_id,
-            user_id,
-            channel,
+            new_event_id(), "connection", data, utc_timestamp(), "system", "normal", tenant_id, user_id, channel
         )
         session.send_json(welcome)
+        self.replay(session, records, None)
         if self.debug:
-            log.debug("connected %r", session)
+            log.debug("connected %r%s", session, "" if since is None else f" resuming after {since}")
         return session
 
     def disconnect(self, session: Session) -> None:
@@ -168,9 +184,20 @@ class Hub:
     # -- subscriptions and filters -------------------------------------------------
 
     def subscribe(
-        self, session: Session, channel: object, event_types: frozenset[str] | None, ref: Any = None
-    ) -> str:
-        """Subscribe (or replace the subscription's event types); returns the canonical channel."""
+        self,
+        session: Session,
+        channel: object,
+        event_types: frozenset[str] | None,
+        ref: Any = None,
+        since: int | None = None,
+        epoch: str | None = None,
+    ) -> None:
+        """Subscribe (or replace the subscription's event types) and acknowledge.
+
+        The ack (sent when there is a ref, or when recovery was asked for)
+        carries the channel, its epoch and latest offset, and ``recovered``;
+        the recovered events follow it, before anything live.
+        """
         try:
             name = resolve_channel(channel, session.tenant_id)
         except ProtocolError as exc:
@@ -186,7 +213,36 @@ class Hub:
                 codes.TOO_MANY_SUBSCRIPTIONS, f"at most {self.limits.max_subscriptions} subscriptions", ref
             )
         self._add_subscription(session, name, event_types)
-        return name
+        if since is None:
+            if ref is not None:
+                stream_epoch, offset = self.history.position(name)
+                session.send_json(encode_ack(ref, channel=name, epoch=stream_epoch, offset=offset))
+            return
+        recovered, stream_epoch, offset, records = self.history.recover(name, epoch, since)
+        session.send_json(encode_ack(ref, channel=name, epoch=stream_epoch, offset=offset, recovered=recovered))
+        self.replay(session, records, event_types)
+
+    def replay(self, session: Session, records: list, event_types: frozenset[str] | None) -> None:
+        """Send a session the history records that it would have received live."""
+        if not records:
+            return
+        filters = session.filters
+        f_types, f_sources, f_users = filters.event_types, filters.sources, filters.users
+        f_priorities = {PRIORITIES[name] for name in filters.priorities}
+        user_id = session.user_id
+        send = session.sink.send
+        for _, event_type, source, priority, publisher, target, frame in records:
+            if (
+                (target is not None and target != user_id)
+                or (event_types and event_type not in event_types)
+                or (f_types and event_type not in f_types)
+                or (f_sources and source not in f_sources)
+                or (f_priorities and priority not in f_priorities)
+                or (f_users and publisher not in f_users)
+            ):
+                continue
+            send(frame)
+        self.metrics.events_replayed += 1
 
     def unsubscribe(self, session: Session, channel: object, ref: Any = None) -> str:
         try:
@@ -264,7 +320,7 @@ class Hub:
             PRIORITIES[publish.priority],
             user_id,
             publish.target_user_id,
-            frame_text(payload),
+            payload,
         )
 
     def publish(self, tenant_id: str, user_id: str, publish: Publish, ack_to: Session | None = None) -> str:
@@ -274,18 +330,29 @@ class Hub:
         event is delivered, so a publisher sees its ack first.
         """
         event = self.prepare(tenant_id, user_id, publish)
-        if ack_to is not None and publish.ref is not None:
-            ack_to.send_json(encode_ack(publish.ref, id=event.id))
-        self.deliver(event)
+        self.deliver(event, ack_to if publish.ref is not None else None, publish.ref)
         return event.id
 
-    def deliver(self, event: Event) -> int:
-        """Hand one prepared event's frame to every matching local connection; returns how many."""
+    def deliver(self, event: Event, ack_to: Session | None = None, ref: Any = None) -> int:
+        """Number a prepared event, keep it in its channel's history, and hand its frame
+        to every matching local connection; returns its offset.
+
+        With ``ack_to``, that session is sent the ack (``id`` and ``offset``)
+        before any copy of the event.
+        """
+        channel = event.channel
+        history = self.history
+        offset = history.next_offset(channel)
+        frame = frame_event(event.payload, offset)
+        history.append(
+            channel, offset, frame, event.event_type, event.source, event.priority, event.publisher, event.target_user
+        )
+        if ack_to is not None:
+            ack_to.send_json(encode_ack(ref, id=event.id, offset=offset))
         matched = self.matcher.match(
-            event.channel, event.event_type, event.source, event.priority, event.publisher, event.target_user
+            channel, event.event_type, event.source, event.priority, event.publisher, event.target_user
         )
         sessions = self._sessions
-        frame = event.frame
         for number in matched:
             sessions[number].sink.send(frame)
         metrics = self.metrics
@@ -299,7 +366,7 @@ class Hub:
             tenant.event_types[event.event_type] = None
         if event.source not in tenant.sources and len(tenant.sources) < limit:
             tenant.sources[event.source] = None
-        return len(matched)
+        return offset
 
     # -- introspection -------------------------------------------------------------
 

@@ -46,6 +46,8 @@ __all__ = [
     "decode_command",
     "decode_publish",
     "decode_filters",
+    "decode_position",
+    "decode_query_filters",
     "encode_event",
     "encode_ack",
     "encode_pong",
@@ -103,6 +105,9 @@ class Subscribe:
     channel: str
     #: per-subscription event types; None means any
     event_types: frozenset[str] | None
+    #: recovery: replay what came after this offset of this epoch (since None: no recovery)
+    since: int | None = None
+    epoch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +170,29 @@ def decode_filters(value: object, ref: JSON = None) -> Filters:
         priorities=_priority_list(value.get("priority"), ref),
         users=_string_list(value.get("users"), codes.INVALID_FILTERS, ref),
     )
+
+
+def decode_position(since: object, epoch: object, ref: JSON = None) -> tuple[int | None, str | None]:
+    """Validate a recovery position: ``since`` a non-negative integer offset, ``epoch`` a string."""
+    if since is None:
+        if epoch is not None:
+            raise ProtocolError(codes.INVALID_FIELD, "'epoch' goes with 'since'", ref)
+        return None, None
+    if type(since) is not int or not 0 <= since < 2**63:
+        raise ProtocolError(codes.INVALID_FIELD, "'since' must be a non-negative integer offset", ref)
+    if epoch is not None and (type(epoch) is not str or not 0 < len(epoch) <= 64):
+        raise ProtocolError(codes.INVALID_FIELD, "'epoch' must be the epoch string a server gave", ref)
+    return since, epoch
+
+
+def decode_query_filters(query: dict[str, str]) -> Filters | None:
+    """Filters given on a connect URL as comma lists: eventTypes, sources, priority, users."""
+    lists = {}
+    for key in ("eventTypes", "sources", "priority", "users"):
+        value = query.get(key)
+        if value:
+            lists[key] = [item for item in value.split(",") if item]
+    return decode_filters(lists) if lists else None
 
 
 def _event_name(value: object, ref: JSON) -> str:
@@ -234,10 +262,13 @@ def decode_command(data: bytes | memoryview) -> Command:
         if channel is None:
             raise ProtocolError(codes.MISSING_FIELD, "'channel' is required", ref)
         event_types = obj.get("eventTypes")
+        since, epoch = decode_position(obj.get("since"), obj.get("epoch"), ref)
         return Subscribe(
             ref,
             channel,
             None if not event_types else _string_list(event_types, codes.INVALID_FIELD, ref),
+            since,
+            epoch,
         )
     if kind == "unsubscribe":
         channel = obj.get("channel")

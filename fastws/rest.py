@@ -5,6 +5,7 @@ Routes (all JSON)::
     GET    /api/websocket                 connection info for X-Tenant-ID
     POST   /api/websocket                 publish one event, or a batch (a JSON array)
     GET    /api/websocket/status          status and metrics (?detailed=true for more)
+    GET    /api/websocket/history         a channel's recent events (?channel=&since=&limit=)
     GET    /healthz                       liveness
     GET    /readyz                        readiness (503 while draining)
 
@@ -24,10 +25,11 @@ from typing import Any, Callable
 import orjson
 
 from . import __version__, codes
-from .channels import tenant_channel, validate_tenant_id, validate_user_id
+from .channels import resolve_channel, tenant_channel, validate_tenant_id, validate_user_id
 from .config import Settings
 from .core import IMPLEMENTATION
 from .exceptions import ProtocolError
+from .history import payload_of
 from .hub import Event, Hub
 from .messages import decode_publish
 
@@ -55,6 +57,18 @@ class Response:
     body: bytes
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     content_type: bytes = JSON_TYPE
+
+
+MAX_HISTORY_LIMIT = 1000
+
+
+def _int_param(query: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    value = query.get(name)
+    if value is None or value == "":
+        return default
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise ProtocolError(codes.INVALID_FIELD, f"'{name}' must be an integer from {low} to {high}")
+    return int(value)
 
 
 def error_response(code: str, message: str | None = None, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
@@ -87,6 +101,7 @@ class RestAPI:
         self._routes: dict[str, dict[str, Callable[[Request], Response]]] = {
             "/api/websocket": {"GET": self.get_info, "POST": self.post_publish},
             "/api/websocket/status": {"GET": self.get_status},
+            "/api/websocket/history": {"GET": self.get_history},
             "/healthz": {"GET": self.get_health},
             "/readyz": {"GET": self.get_ready},
         }
@@ -128,7 +143,7 @@ class RestAPI:
             "messages_received": metrics.messages_received,
             "errors": metrics.errors,
             "last_activity": _iso(metrics.last_activity),
-            "event_history_size": 0,
+            "event_history_size": len(self.hub.history),
             "client_count": metrics.active_connections,
         }
 
@@ -193,12 +208,10 @@ class RestAPI:
                 raise ProtocolError(codes.INVALID_FIELD, "the batch is empty")
             # Prepare (check and encode) every item before delivering any.
             events = [self._prepare(tenant_id, user_id, item, index) for index, item in enumerate(body)]
-            for event in events:
-                hub.deliver(event)
-            return _ok({"ids": [event.id for event in events]})
+            offsets = [hub.deliver(event) for event in events]
+            return _ok({"ids": [event.id for event in events], "offsets": offsets})
         event = self._prepare(tenant_id, user_id, body, None)
-        hub.deliver(event)
-        return _ok({"id": event.id})
+        return _ok({"id": event.id, "offset": hub.deliver(event)})
 
     def _prepare(self, tenant_id: str, user_id: str, item: object, index: int | None) -> Event:
         where = "" if index is None else f"item {index}: "
@@ -208,6 +221,21 @@ class RestAPI:
             return self.hub.prepare(tenant_id, user_id, decode_publish(item, "api"))
         except ProtocolError as exc:
             raise ProtocolError(exc.code, where + exc.message) from None
+
+    def get_history(self, request: Request) -> Response:
+        tenant_id = self._header(request, "X-Tenant-ID", validate_tenant_id)
+        user_id = request.headers.get("x-user-id") or None
+        if user_id is not None:
+            validate_user_id(user_id)
+        query = request.query
+        channel = resolve_channel(query.get("channel") or tenant_channel(tenant_id), tenant_id)
+        since = _int_param(query, "since", 0, 0, 2**63 - 1)
+        limit = _int_param(query, "limit", 100, 1, MAX_HISTORY_LIMIT)
+        epoch, offset, records = self.hub.history.read(channel, since, limit)
+        # Splice the stored event JSON: nothing is decoded and encoded again.
+        events = b",".join(payload_of(frame) for *_, target, frame in records if target is None or target == user_id)
+        head = orjson.dumps({"success": True, "channel": channel, "epoch": epoch, "offset": offset})
+        return Response(200, head[:-1] + b',"events":[' + events + b"]}")
 
     def get_status(self, request: Request) -> Response:
         running = self.state() == "running"

@@ -102,9 +102,9 @@ class Session:
             if self.hub.debug:
                 log.debug("%s: published %s", self.connection_id, event_id)
         elif type(command) is Subscribe:
-            channel = self.hub.subscribe(self, command.channel, command.event_types, command.ref)
-            if command.ref is not None:
-                self.send_json(encode_ack(command.ref, channel=channel))
+            self.hub.subscribe(
+                self, command.channel, command.event_types, command.ref, command.since, command.epoch
+            )
         elif type(command) is Unsubscribe:
             channel = self.hub.unsubscribe(self, command.channel, command.ref)
             if command.ref is not None:

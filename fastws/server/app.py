@@ -19,6 +19,7 @@ from ..channels import validate_tenant_id, validate_user_id
 from ..config import Settings
 from ..core import IMPLEMENTATION
 from ..exceptions import ProtocolError
+from ..messages import decode_position, decode_query_filters
 from ..hub import Hub
 from ..rest import Request, Response, RestAPI, error_response
 from .http import HttpProtocol
@@ -112,12 +113,20 @@ class Server:
 
     def accept_websocket(self, request: Request) -> Connection | Response:
         """Check an upgrade request to /ws; a listener for picows, or an error response."""
+        query = request.query
         try:
-            tenant_id = validate_tenant_id(request.query.get("tenant_id"))
-            user_id = validate_user_id(request.query.get("user_id"))
+            tenant_id = validate_tenant_id(query.get("tenant_id"))
+            user_id = validate_user_id(query.get("user_id"))
+            filters = decode_query_filters(query)
+            since = query.get("since")
+            if since is not None:
+                if not since.isdigit():
+                    raise ProtocolError(codes.INVALID_FIELD, "'since' must be a non-negative integer offset")
+                since = int(since)
+            since, epoch = decode_position(since, query.get("epoch"))
         except ProtocolError as exc:
             return error_response(exc.code, exc.message)
-        return Connection(self, tenant_id, user_id)
+        return Connection(self, tenant_id, user_id, filters, since, epoch)
 
     # -- coalesced writes -----------------------------------------------------------------
 

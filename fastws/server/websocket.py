@@ -16,6 +16,7 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from .. import codes
 from ..exceptions import ConnectionClosedError
+from ..messages import Filters
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -41,10 +42,20 @@ def valid_close_code(code: int) -> bool:
 class Connection(WSListener):
     """One WebSocket connection: protocol checks, reassembly, and the coalescing Sink."""
 
-    def __init__(self, server: "Server", tenant_id: str, user_id: str) -> None:
+    def __init__(
+        self,
+        server: "Server",
+        tenant_id: str,
+        user_id: str,
+        filters: Filters | None = None,
+        since: int | None = None,
+        epoch: str | None = None,
+    ) -> None:
         self.server = server
         self.tenant_id = tenant_id
         self.user_id = user_id
+        # what the connect URL asked for, applied when the handshake completes
+        self._connect_options = (filters, since, epoch)
         self.transport: WSTransport | None = None
         self.session: Session | None = None
         self._write = None
@@ -62,7 +73,8 @@ class Connection(WSListener):
         underlying = transport.underlying_transport
         self._write = underlying.write
         self._write_buffer_size = underlying.get_write_buffer_size
-        self.session = self.server.hub.connect(self, self.tenant_id, self.user_id)
+        filters, since, epoch = self._connect_options
+        self.session = self.server.hub.connect(self, self.tenant_id, self.user_id, filters, since, epoch)
         self.server.connections.add(self)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:

@@ -438,7 +438,7 @@ async def test_publish_one_event_is_delivered_with_every_field(server):
         assert response.status == 200, response
         assert response.header("Content-Type") == "application/json"
         body = response.json()
-        assert set(body) == {"success", "id"} and body["success"] is True, body
+        assert set(body) == {"success", "id", "offset"} and body["success"] is True, body
         event = await alice.recv()
     assert event["id"] == body["id"]
     assert event["eventType"] == "idea_created"
@@ -499,7 +499,8 @@ async def test_publish_batch_returns_ids_in_order_and_delivers_in_order(server):
         response = await publish(server, batch)
         assert response.status == 200, response
         body = response.json()
-        assert set(body) == {"success", "ids"} and body["success"] is True, body
+        assert set(body) == {"success", "ids", "offsets"} and body["success"] is True, body
+        assert body["offsets"] == list(range(body["offsets"][0], body["offsets"][0] + len(body["ids"])))
         ids = body["ids"]
         assert len(ids) == 10 and len(set(ids)) == 10
         received = await alice.drain()
@@ -1222,7 +1223,8 @@ async def test_upgrade_and_several_frames_in_one_write(server, connect):
         await connection.send(request + b"".join(frames))
         await expect_switch(connection, key)
         await expect_welcome(connection)
-        assert await read_json_frame(connection.reader) == {"type": "ack", "ref": "s", "channel": "ideas:acme"}
+        subscribed = await read_json_frame(connection.reader)
+        assert subscribed == {"type": "ack", "ref": "s", "channel": "ideas:acme", "epoch": subscribed["epoch"], "offset": 0}
         ack = await read_json_frame(connection.reader)
         assert ack["type"] == "ack" and ack["ref"] == "p"
         event = await read_json_frame(connection.reader)

@@ -84,7 +84,7 @@ async def test_subscribe_unsubscribe_and_per_subscription_event_types(server):
     """subscribe (bare or full name) with optional eventTypes, replace, unsubscribe."""
     sub, pub = await clients(server, ("t1", "s"), ("t1", "p"))
     ack = await sub.request({"type": "subscribe", "channel": "ideas", "eventTypes": ["idea_created"]})
-    assert ack == {"type": "ack", "ref": ack["ref"], "channel": "ideas:t1"}
+    assert ack == {"type": "ack", "ref": ack["ref"], "channel": "ideas:t1", "epoch": ack["epoch"], "offset": 0}
     await pub.publish("idea_created", channel="ideas:t1")
     await pub.publish("idea_deleted", channel="ideas")
     assert [e["eventType"] for e in await sub.drain()] == ["idea_created"]

@@ -84,7 +84,7 @@ def test_ack_precedes_the_publishers_copy(hub):
     sink.take()
     send(session, {"type": "publish", "event": "e", "ref": 7})
     ack, event = sink.take()
-    assert ack == {"type": "ack", "ref": 7, "id": event["id"]}
+    assert ack == {"type": "ack", "ref": 7, "id": event["id"], "offset": event["offset"]}
 
 
 def test_no_ref_no_ack(hub):
