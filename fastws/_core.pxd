@@ -1,3 +1,4 @@
+from cpython.object cimport PyObject
 from libc.stdint cimport int32_t, uint8_t, uint64_t
 
 
@@ -23,11 +24,14 @@ cdef struct Filter:
 
 cdef struct Sub:
     Py_ssize_t connection
+    # the connection as a Python int (a reference held by the channel), appended to results as is
+    PyObject* connection_object
     # per-subscription event types (interned); NULL means any
     int32_t* types
     int n_types
-    # the connection's filter, owned by its _Connection
-    Filter* filter
+    # a copy of the connection's filter (its lists are owned by the _Connection),
+    # kept next to the subscription so the scan reads one contiguous array
+    Filter filter
 
 
 cdef class _Interner:

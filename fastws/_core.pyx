@@ -8,7 +8,15 @@ for RingBuffer, the same bytes).
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE, PyBUF_SIMPLE
+from cpython.dict cimport PyDict_GetItem
+from cpython.list cimport PyList_New, PyList_SET_ITEM
+
+
+cdef extern from "Python.h":
+    void Py_SET_SIZE(object o, Py_ssize_t size)
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memcmp, memset
 
@@ -149,8 +157,8 @@ cdef class _Interner:
             self.free.append(key)
 
     cdef inline int32_t lookup(self, str name):
-        cdef object key = self.ids.get(name)
-        return -1 if key is None else <int32_t>key
+        cdef PyObject* key = PyDict_GetItem(self.ids, name)
+        return -1 if key == NULL else <int32_t><object>key
 
 
 cdef int32_t* _intern_list(_Interner names, object values, int* size) except? NULL:
@@ -188,7 +196,7 @@ cdef inline bint _passes(const Sub* sub, int32_t event_type, int32_t source, uin
                          int32_t publisher) noexcept nogil:
     if sub.types != NULL and not _has(sub.types, sub.n_types, event_type):
         return False
-    cdef const Filter* f = sub.filter
+    cdef const Filter* f = &sub.filter
     if f.any:
         return True
     if f.n_event_types and not _has(f.event_types, f.n_event_types, event_type):
@@ -226,6 +234,9 @@ cdef class _Channel:
 
     def __dealloc__(self):
         # the owner releases each Sub's names before dropping a channel
+        cdef Py_ssize_t i
+        for i in range(self.size):
+            Py_DECREF(<object>self.subs[i].connection_object)
         PyMem_Free(self.subs)
 
     cdef Sub* add(self, Py_ssize_t connection) except NULL:
@@ -239,7 +250,10 @@ cdef class _Channel:
         cdef Sub* sub = &self.subs[self.size]
         memset(sub, 0, sizeof(Sub))
         sub.connection = connection
-        self.positions[connection] = self.size
+        cdef object key = connection
+        Py_INCREF(key)
+        sub.connection_object = <PyObject*>key
+        self.positions[key] = self.size
         self.size += 1
         return sub
 
@@ -247,6 +261,7 @@ cdef class _Channel:
         """Swap-remove; the caller has released the Sub's names."""
         cdef Py_ssize_t last = self.size - 1
         del self.positions[self.subs[position].connection]
+        Py_DECREF(<object>self.subs[position].connection_object)
         if position != last:
             self.subs[position] = self.subs[last]
             self.positions[self.subs[position].connection] = position
@@ -273,7 +288,6 @@ cdef class Matcher:
         for channel in self._channels.values():
             for i in range(channel.size):
                 PyMem_Free(channel.subs[i].types)
-            channel.size = 0
         for state in self._connections.values():
             PyMem_Free((<_Connection>state).filter.event_types)
             PyMem_Free((<_Connection>state).filter.sources)
@@ -297,7 +311,7 @@ cdef class Matcher:
         cdef _Connection state = <_Connection>self._connections.pop(connection)
         for channel in list(state.channels):
             self._unsubscribe(state, connection, <str>channel)
-        _clear_filter(&state.filter, self._names)
+        _clear_filter(&state.filter, self._names)  # no subscription holds a copy any more
         cdef set same_user = <set>self._by_user[state.user_id]
         same_user.discard(connection)
         if not same_user:
@@ -328,6 +342,11 @@ cdef class Matcher:
         f.users, f.n_users = new_users, n_users
         f.priority_mask = mask
         f.any = n_types == 0 and n_sources == 0 and n_users == 0 and mask == 0
+        # refresh the copies next to each subscription
+        cdef _Channel entry
+        for channel in state.channels:
+            entry = <_Channel>self._channels[channel]
+            entry.subs[<Py_ssize_t>entry.positions[connection]].filter = state.filter
 
     # -- subscriptions ---------------------------------------------------------
 
@@ -350,7 +369,7 @@ cdef class Matcher:
             return False
         sub = entry.add(connection)
         sub.types, sub.n_types = types, n_types
-        sub.filter = &state.filter
+        sub.filter = state.filter
         state.channels.add(channel)
         return True
 
@@ -389,11 +408,11 @@ cdef class Matcher:
     cpdef list match(self, str channel, str event_type, str source, int priority,
                      str publisher, object target_user=None):
         """The connections that receive this event, in no particular order."""
-        cdef list matched = []
-        entry_obj = self._channels.get(channel)
-        if entry_obj is None:
-            return matched
-        cdef _Channel entry = <_Channel>entry_obj
+        cdef PyObject* entry_ptr = PyDict_GetItem(self._channels, channel)
+        if entry_ptr == NULL:
+            return []
+        cdef _Channel entry = <_Channel>entry_ptr
+        cdef list matched
         cdef _Interner names = self._names
         cdef int32_t type_key = names.lookup(event_type)
         cdef int32_t source_key = names.lookup(source)
@@ -401,7 +420,10 @@ cdef class Matcher:
         cdef uint8_t priority_bit = <uint8_t>(1 << priority) if 0 <= priority <= 7 else 0
         cdef Py_ssize_t i
         cdef Sub* sub
+        cdef Py_ssize_t count = 0
+        cdef object connection_object
         if target_user is not None:
+            matched = []
             candidates = self._by_user.get(target_user)
             if candidates is None:
                 return matched
@@ -413,10 +435,17 @@ cdef class Matcher:
                 if _passes(sub, type_key, source_key, priority_bit, publisher_key):
                     matched.append(connection)
             return matched
+        # Room for every subscriber, filled in C, then cut to what matched:
+        # no reallocation while appending.
+        matched = PyList_New(entry.size)
         for i in range(entry.size):
             sub = &entry.subs[i]
             if _passes(sub, type_key, source_key, priority_bit, publisher_key):
-                matched.append(sub.connection)
+                connection_object = <object>sub.connection_object
+                Py_INCREF(connection_object)
+                PyList_SET_ITEM(matched, count, connection_object)
+                count += 1
+        Py_SET_SIZE(matched, count)
         return matched
 
 

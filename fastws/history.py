@@ -116,8 +116,11 @@ class History:
         capacity, events = ring.capacity, ring.max_events
         if len(ring) >= events:
             events = min(events * 2, self.max_events)
-        while ring.nbytes + size > capacity and capacity < self.max_bytes:
-            capacity = min(capacity * 2, self.max_bytes)
+        # Grow by a quarter (at least what this event needs): a full stream
+        # holds at most 1.25x its events' bytes; copying while it fills costs
+        # a few times its size, once.
+        if ring.nbytes + size > capacity:
+            capacity = min(max(capacity + capacity // 4, ring.nbytes + size), self.max_bytes)
         grown = RingBuffer.create(capacity, events, epoch=ring.epoch, next_offset=ring.first_offset)
         for record in ring.read(0, len(ring)):
             offset, event_type, source, priority, publisher, target, frame = record
