@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from .config import Limits
-from .core import RingBuffer
+from .core import RingBuffer, frame_event
 
 __all__ = ["History", "payload_of"]
 
@@ -86,6 +86,15 @@ class History:
         return self._ring(channel).next_offset
 
     # -- writing --------------------------------------------------------------------
+
+    def sequence(
+        self, channel: str, payload: bytes, event_type: str, source: str, priority: int, publisher: str, target: str | None
+    ) -> tuple[int, bytes]:
+        """Number an event of ``channel`` and keep it; (offset, frame). The Broker seam (fastws.broker)."""
+        offset = self._ring(channel).next_offset
+        frame = frame_event(payload, offset)
+        self.append(channel, offset, frame, event_type, source, priority, publisher, target)
+        return offset, frame
 
     def append(
         self,

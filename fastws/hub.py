@@ -25,6 +25,7 @@ import orjson
 from . import codes
 from .channels import resolve_channel, tenant_channel
 from .config import Limits
+from .broker import Broker
 from .history import History
 from .core import Matcher, frame_event
 from .exceptions import ProtocolError
@@ -93,11 +94,14 @@ class TenantState:
 class Hub:
     """The connections of one worker, their subscriptions, and local fan-out."""
 
-    def __init__(self, limits: Limits | None = None, debug: bool = False) -> None:
+    def __init__(self, limits: Limits | None = None, debug: bool = False, worker: int = 0) -> None:
         self.limits = limits or Limits()
         self.matcher = Matcher()
         self.metrics = Metrics()
-        self.history = History(self.limits)
+        #: numbers, keeps and carries events (fastws.broker); in one process, its own History
+        self.broker: Broker = History(self.limits)
+        #: which worker of the host this hub is (named in welcome events)
+        self.worker = worker
         #: cached debug flag: the hot path never formats log lines unless set
         self.debug = debug
         self._sessions: dict[int, Session] = {}
@@ -141,14 +145,15 @@ class Hub:
         metrics.last_activity = time.time()
         data: dict[str, Any] = {
             "connectionId": session.connection_id,
+            "worker": self.worker,
             "channels": [channel],
             "limits": self.limits.to_json(),
         }
         records: list = []
         if since is None:
-            data["epoch"], data["offset"] = self.history.position(channel)
+            data["epoch"], data["offset"] = self.broker.position(channel)
         else:
-            data["recovered"], data["epoch"], data["offset"], records = self.history.recover(channel, epoch, since)
+            data["recovered"], data["epoch"], data["offset"], records = self.broker.recover(channel, epoch, since)
         welcome = encode_event(
             new_event_id(), "connection", data, utc_timestamp(), "system", "normal", tenant_id, user_id, channel
         )
@@ -215,10 +220,10 @@ class Hub:
         self._add_subscription(session, name, event_types)
         if since is None:
             if ref is not None:
-                stream_epoch, offset = self.history.position(name)
+                stream_epoch, offset = self.broker.position(name)
                 session.send_json(encode_ack(ref, channel=name, epoch=stream_epoch, offset=offset))
             return
-        recovered, stream_epoch, offset, records = self.history.recover(name, epoch, since)
+        recovered, stream_epoch, offset, records = self.broker.recover(name, epoch, since)
         session.send_json(encode_ack(ref, channel=name, epoch=stream_epoch, offset=offset, recovered=recovered))
         self.replay(session, records, event_types)
 
@@ -340,33 +345,34 @@ class Hub:
         With ``ack_to``, that session is sent the ack (``id`` and ``offset``)
         before any copy of the event.
         """
-        channel = event.channel
-        history = self.history
-        offset = history.next_offset(channel)
-        frame = frame_event(event.payload, offset)
-        history.append(
-            channel, offset, frame, event.event_type, event.source, event.priority, event.publisher, event.target_user
+        offset, frame = self.broker.sequence(
+            event.channel, event.payload, event.event_type, event.source, event.priority, event.publisher, event.target_user
         )
         if ack_to is not None:
             ack_to.send_json(encode_ack(ref, id=event.id, offset=offset))
-        matched = self.matcher.match(
-            channel, event.event_type, event.source, event.priority, event.publisher, event.target_user
-        )
+        self.metrics.events_published += 1
+        self.fan_out(event.channel, event.event_type, event.source, event.priority, event.publisher, event.target_user, frame)
+        return offset
+
+    def fan_out(
+        self, channel: str, event_type: str, source: str, priority: int, publisher: str, target: str | None, frame: bytes
+    ) -> int:
+        """Hand a numbered event's frame to every matching local connection (events of any worker)."""
+        matched = self.matcher.match(channel, event_type, source, priority, publisher, target)
         sessions = self._sessions
         for number in matched:
             sessions[number].sink.send(frame)
         metrics = self.metrics
-        metrics.events_published += 1
         metrics.events_sent += len(matched)
         metrics.last_activity = time.time()
-        tenant = self._tenant(event.tenant_id)
+        tenant = self._tenant(channel.rpartition(":")[2])
         tenant.events_published += 1
         limit = self.limits.max_tracked_names
-        if event.event_type not in tenant.event_types and len(tenant.event_types) < limit:
-            tenant.event_types[event.event_type] = None
-        if event.source not in tenant.sources and len(tenant.sources) < limit:
-            tenant.sources[event.source] = None
-        return offset
+        if event_type not in tenant.event_types and len(tenant.event_types) < limit:
+            tenant.event_types[event_type] = None
+        if source not in tenant.sources and len(tenant.sources) < limit:
+            tenant.sources[source] = None
+        return len(matched)
 
     # -- introspection -------------------------------------------------------------
 

@@ -143,7 +143,7 @@ class RestAPI:
             "messages_received": metrics.messages_received,
             "errors": metrics.errors,
             "last_activity": _iso(metrics.last_activity),
-            "event_history_size": len(self.hub.history),
+            "event_history_size": len(self.hub.broker),
             "client_count": metrics.active_connections,
         }
 
@@ -231,7 +231,7 @@ class RestAPI:
         channel = resolve_channel(query.get("channel") or tenant_channel(tenant_id), tenant_id)
         since = _int_param(query, "since", 0, 0, 2**63 - 1)
         limit = _int_param(query, "limit", 100, 1, MAX_HISTORY_LIMIT)
-        epoch, offset, records = self.hub.history.read(channel, since, limit)
+        epoch, offset, records = self.hub.broker.read(channel, since, limit)
         # Splice the stored event JSON: nothing is decoded and encoded again.
         events = b",".join(payload_of(frame) for *_, target, frame in records if target is None or target == user_id)
         head = orjson.dumps({"success": True, "channel": channel, "epoch": epoch, "offset": offset})

@@ -176,7 +176,7 @@ def test_history_frames_are_the_delivered_frames(hub):
     session.sink.take()
     publish(hub, session, payload={"k": 1})
     (delivered,) = session.sink.frames
-    _, _, records = hub.history.read("tenant:t", 0, 10)
+    _, _, records = hub.broker.read("tenant:t", 0, 10)
     assert records[0][6] == delivered
     assert orjson.loads(payload_of(records[0][6]))["data"] == {"k": 1}
     assert unframe(delivered)["offset"] == 1

@@ -1,0 +1,366 @@
+"""Brokers: where events are numbered, kept, and carried to other workers.
+
+The Hub hands every event to its broker's ``sequence()``, which gives it its
+channel offset and frame, keeps it in history, and makes sure every other
+worker's hub will deliver it too. Two brokers share that seam (Redis will be
+a third):
+
+- ``History`` (fastws.history): one process. Sequencing and history are local.
+- ``SharedBroker``: several workers on one host, sharing one memory segment.
+
+SharedBroker: theory of operation
+---------------------------------
+
+The segment (a file in /dev/shm, created by the supervisor, mapped by every
+worker) holds the control plane and one RingBuffer used as a **shared log**:
+every event of every channel is a record in it, in one total order. The log
+is at once the sequencer, the history and the bus.
+
+1. Appending takes an exclusive ``fcntl`` lock on the segment's file. A
+   worker killed while holding it loses it with its process (the kernel
+   releases record locks), so a ``kill -9`` never wedges the others. A record
+   is visible only once complete (the ring's header is updated after it).
+2. Before appending, the writer applies every record it has not seen yet.
+   Each worker keeps, per channel, a replica of the stream's state (epoch,
+   last offset, where its recent events sit in the log) built only from the
+   log, so the writer numbers the event ``last + 1`` with the state every
+   worker will reach at that point of the log.
+3. A channel's stream starts with a START record carrying a random epoch,
+   written under the lock by the first worker that needs the stream's
+   position; so every worker hands out the same epoch.
+4. Workers apply records in log order, delivering other workers' events to
+   their local connections; the writer delivers its own at once. So every
+   subscriber of a channel, on any worker, sees its events in offset order.
+5. Readers take a shared lock while copying records out, so a writer never
+   overwrites a record being read. A worker that falls so far behind that the
+   log has wrapped past it counts the lost records (its clients see a gap in
+   offsets and can recover from history or resync).
+6. After appending, the writer wakes the other workers (an eventfd each,
+   written once per loop iteration). A worker that starts (or restarts)
+   rebuilds its replicas from the whole log before serving, so history and
+   recovery work on any worker.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import mmap
+import os
+import struct
+import time
+from collections import deque
+from contextlib import contextmanager
+from typing import Callable, Iterator, Protocol
+
+from .config import Limits
+from .control import ControlPlane
+from .core import RingBuffer, frame_event, new_epoch
+from .history import History, Record
+
+__all__ = ["Broker", "History", "SharedSegment", "SharedBroker"]
+
+log = logging.getLogger("fastws.broker")
+
+
+class Broker(Protocol):
+    """The seam between a worker's hub and where events are numbered, kept and carried."""
+
+    def sequence(
+        self, channel: str, payload: bytes, event_type: str, source: str, priority: int, publisher: str, target: str | None
+    ) -> tuple[int, bytes]:
+        """Number an event of ``channel``, keep it, carry it to other workers; (offset, frame)."""
+
+    def position(self, channel: str) -> tuple[str, int]:
+        """(epoch, last offset) of a channel's stream, starting it if needed."""
+
+    def recover(self, channel: str, epoch: str | None, since: int) -> tuple[bool, str, int, list[Record]]:
+        """(recovered, epoch, last offset, records after since) if nothing after since was lost."""
+
+    def read(self, channel: str, since: int, limit: int) -> tuple[str, int, list[Record]]:
+        """(epoch, last offset, up to limit records after since)."""
+
+    def __len__(self) -> int:
+        """Events held in history."""
+
+
+# -- the segment -------------------------------------------------------------------------
+
+_PAGE = mmap.PAGESIZE
+# a log record's frame field starts with: kind, worker, channel offset, publish time
+# (CLOCK_MONOTONIC, shared by all processes of a host), epoch, channel length; then the
+# channel, then the body (an event's frame, or a command)
+_RECORD = struct.Struct("<BBQd16sB")
+EVENT, START, COMMAND = 1, 2, 3
+
+
+def _align(size: int) -> int:
+    return (size + _PAGE - 1) // _PAGE * _PAGE
+
+
+class SharedSegment:
+    """The file every worker of a host maps: control plane, then the shared log."""
+
+    def __init__(self, path: str, fd: int, memory: mmap.mmap, plane: ControlPlane, ring: RingBuffer) -> None:
+        self.path = path
+        self.fd = fd
+        self.memory = memory
+        self.plane = plane
+        self.ring = ring
+
+    @classmethod
+    def create(cls, path: str, limits: Limits, max_workers: int = 64, max_overrides: int = 1024) -> "SharedSegment":
+        plane_size = _align(ControlPlane.layout_size(max_workers, max_overrides))
+        capacity = limits.history_total_bytes
+        max_events = max(1024, capacity // 128)
+        size = plane_size + RingBuffer.layout_size(capacity, max_events)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        os.ftruncate(fd, size)
+        memory = mmap.mmap(fd, size)
+        plane = ControlPlane.create(memoryview(memory)[:plane_size], max_workers, max_overrides)
+        ring = RingBuffer(memoryview(memory)[plane_size:], capacity, max_events, new_epoch())
+        return cls(path, fd, memory, plane, ring)
+
+    @classmethod
+    def attach(cls, path: str) -> "SharedSegment":
+        fd = os.open(path, os.O_RDWR)
+        memory = mmap.mmap(fd, os.fstat(fd).st_size)
+        plane = ControlPlane(memory)
+        plane_size = _align(ControlPlane.layout_size(plane.max_workers, plane.max_overrides))
+        ring = RingBuffer(memoryview(memory)[plane_size:])
+        return cls(path, fd, memory, plane, ring)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        fcntl.lockf(self.fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN)
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        fcntl.lockf(self.fd, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN)
+
+
+# -- the broker --------------------------------------------------------------------------
+
+
+class _Replica:
+    """This worker's view of one channel's stream, built from the log."""
+
+    __slots__ = ("epoch", "last", "positions", "nbytes", "last_global")
+
+    def __init__(self, epoch: str, last: int) -> None:
+        self.epoch = epoch
+        self.last = last
+        # (channel offset, log offset, size) of recent events, oldest first
+        self.positions: deque[tuple[int, int, int]] = deque()
+        self.nbytes = 0
+        self.last_global = 0
+
+
+OnEvent = Callable[[str, str, str, int, str, "str | None", bytes, float], None]
+
+
+class SharedBroker:
+    """Sequencing, history and cross-worker delivery over a SharedSegment (see the module docstring)."""
+
+    def __init__(
+        self,
+        segment: SharedSegment,
+        worker: int,
+        limits: Limits,
+        on_event: OnEvent,
+        on_command: Callable[[bytes], int],
+        notify: Callable[[], None],
+    ) -> None:
+        self.segment = segment
+        self.ring = segment.ring
+        self.worker = worker
+        self.max_events = limits.history_size
+        self.max_bytes = limits.history_bytes
+        self.on_event = on_event
+        self.on_command = on_command
+        self.notify = notify
+        self.position_applied = 0
+        self.lost = 0
+        self._streams: dict[str, _Replica] = {}
+        self._command_results: list[tuple[int, int]] = []
+
+    def __len__(self) -> int:
+        first = self.ring.first_offset
+        return sum(sum(1 for p in r.positions if p[1] >= first) for r in self._streams.values())
+
+    def start(self) -> None:
+        """Rebuild the replicas from the whole log, delivering nothing (no one was connected)."""
+        with self.segment.shared():
+            self.position_applied = self.ring.first_offset - 1
+        self.catch_up(deliver=False)
+
+    # -- applying the log ------------------------------------------------------------------
+
+    def catch_up(self, deliver: bool = True) -> None:
+        """Apply every record appended since the last call (lock-free for the caller)."""
+        while True:
+            with self.segment.shared():
+                records = self._read_new(4096)
+            if not records:
+                return
+            for record in records:
+                self._apply(record, deliver)
+
+    def _read_new(self, limit: int) -> list[Record]:
+        ring = self.ring
+        first = ring.first_offset
+        if first > self.position_applied + 1:
+            lost = first - self.position_applied - 1
+            self.lost += lost
+            log.error("worker %d fell %d records behind the shared log; they are lost to it", self.worker, lost)
+            self.position_applied = first - 1
+        return ring.read(self.position_applied, limit)
+
+    def _apply(self, record: Record, deliver: bool) -> None:
+        global_offset, event_type, source, priority, publisher, target, data = record
+        kind, worker, offset, published_at, epoch_bytes, channel_length = _RECORD.unpack_from(data)
+        start = _RECORD.size
+        channel = data[start:start + channel_length].decode()
+        body = data[start + channel_length:]
+        epoch = epoch_bytes.decode()
+        self.position_applied = global_offset
+        if kind == EVENT:
+            replica = self._streams.pop(channel, None)
+            if replica is None or replica.epoch != epoch:
+                replica = _Replica(epoch, offset - 1)
+            self._streams[channel] = replica  # most recently published last
+            replica.last = offset
+            replica.last_global = global_offset
+            replica.positions.append((offset, global_offset, len(data)))
+            replica.nbytes += len(data)
+            while len(replica.positions) > self.max_events or replica.nbytes > self.max_bytes:
+                replica.nbytes -= replica.positions.popleft()[2]
+            if deliver and worker != self.worker:
+                self.on_event(channel, event_type, source, priority, publisher, target, body, published_at)
+        elif kind == START:
+            if channel not in self._streams or self._streams[channel].epoch != epoch:
+                self._streams.pop(channel, None)
+                replica = self._streams[channel] = _Replica(epoch, offset)
+                replica.last_global = global_offset
+        elif kind == COMMAND and deliver:
+            count = self.on_command(body)
+            self._command_results = (self._command_results + [(global_offset, count)])[-8:]
+        self._forget_evicted()
+
+    def _forget_evicted(self) -> None:
+        """Drop replicas whose every record has left the log: their next event starts a new stream."""
+        first = self.ring.first_offset
+        streams = self._streams
+        while streams:
+            channel = next(iter(streams))
+            if streams[channel].last_global >= first:
+                return
+            del streams[channel]
+
+    @property
+    def command_results(self) -> list[tuple[int, int]]:
+        return self._command_results
+
+    # -- appending -------------------------------------------------------------------------
+
+    def _append(self, kind: int, channel: str, offset: int, epoch: str, body: bytes,
+                event_type: str = "", source: str = "", priority: int = 0, publisher: str = "",
+                target: str | None = None) -> int:
+        """Append one record (the caller holds the exclusive lock and has caught up); its log offset."""
+        ring = self.ring
+        channel_bytes = channel.encode()
+        data = _RECORD.pack(kind, self.worker, offset, time.monotonic(), epoch.encode(), len(channel_bytes)) + channel_bytes + body
+        global_offset = ring.next_offset
+        ring.append(global_offset, data, event_type, source, priority, publisher, target)
+        self._apply((global_offset, event_type, source, priority, publisher, target, data), deliver=False)
+        return global_offset
+
+    def _catch_up_locked(self) -> None:
+        while True:
+            records = self._read_new(4096)
+            if not records:
+                return
+            for record in records:
+                self._apply(record, True)
+
+    def sequence(
+        self, channel: str, payload: bytes, event_type: str, source: str, priority: int, publisher: str, target: str | None
+    ) -> tuple[int, bytes]:
+        with self.segment.exclusive():
+            self._catch_up_locked()
+            replica = self._streams.get(channel)
+            if replica is None:
+                epoch, last = new_epoch(), 0
+            else:
+                epoch, last = replica.epoch, replica.last
+            offset = last + 1
+            frame = frame_event(payload, offset)
+            self._append(EVENT, channel, offset, epoch, frame, event_type, source, priority, publisher, target)
+        self.notify()
+        return offset, frame
+
+    def command(self, body: bytes) -> int:
+        """Append a command every worker applies in log order (this one too); its log offset."""
+        with self.segment.exclusive():
+            self._catch_up_locked()
+            global_offset = self._append(COMMAND, "", 0, "0" * 16, body)
+        count = self.on_command(body)
+        self._command_results = (self._command_results + [(global_offset, count)])[-8:]
+        self.notify()
+        return global_offset
+
+    # -- positions and history -------------------------------------------------------------
+
+    def position(self, channel: str) -> tuple[str, int]:
+        replica = self._streams.get(channel)
+        if replica is None:
+            with self.segment.exclusive():
+                self._catch_up_locked()
+                replica = self._streams.get(channel)
+                if replica is None:
+                    self._append(START, channel, 0, new_epoch(), b"")
+                    replica = self._streams[channel]
+            self.notify()
+        return replica.epoch, replica.last
+
+    def _records(self, replica: _Replica, since: int, limit: int) -> list[Record] | None:
+        """Up to ``limit`` records after ``since``; None if any of them has left the log."""
+        wanted = [p for p in replica.positions if p[0] > since][:limit]
+        if not wanted:
+            return []
+        records = []
+        with self.segment.shared():
+            if wanted[0][1] < self.ring.first_offset:
+                return None
+            for _, global_offset, _ in wanted:
+                records.extend(self.ring.read(global_offset - 1, 1))
+        result = []
+        for global_offset, event_type, source, priority, publisher, target, data in records:
+            _, _, offset, _, _, channel_length = _RECORD.unpack_from(data)
+            result.append((offset, event_type, source, priority, publisher, target, data[_RECORD.size + channel_length:]))
+        return result
+
+    def recover(self, channel: str, epoch: str | None, since: int) -> tuple[bool, str, int, list[Record]]:
+        current_epoch, last = self.position(channel)
+        replica = self._streams[channel]
+        if epoch != current_epoch or not 0 <= since <= last:
+            return False, current_epoch, last, []
+        if since < last and (not replica.positions or replica.positions[0][0] > since + 1):
+            return False, current_epoch, last, []
+        records = self._records(replica, since, last - since)
+        if records is None or len(records) != last - since:
+            return False, current_epoch, last, []
+        return True, current_epoch, last, records
+
+    def read(self, channel: str, since: int, limit: int) -> tuple[str, int, list[Record]]:
+        epoch, last = self.position(channel)
+        records = self._records(self._streams[channel], since, limit) or []
+        return epoch, last, records
