@@ -40,6 +40,7 @@ INTERNAL_ERROR: Final = 1011
 TRY_AGAIN_LATER: Final = 1013
 SLOW_CONSUMER: Final = 4008
 DISCONNECTED_BY_ADMIN: Final = 4001
+ROLLED_BACK_CLOSE: Final = 4002
 
 CLOSE_CODES: Final[dict[int, str]] = {
     NORMAL_CLOSURE: "normal closure",
@@ -52,6 +53,7 @@ CLOSE_CODES: Final[dict[int, str]] = {
     INTERNAL_ERROR: "unexpected server error",
     TRY_AGAIN_LATER: "server overloaded, reconnect later",
     DISCONNECTED_BY_ADMIN: "disconnected by an administrator",
+    ROLLED_BACK_CLOSE: "websocket_v2 was turned off for the tenant: reconnect to the legacy URL (in the reason)",
     SLOW_CONSUMER: "the connection could not keep up with its events",
 }
 
@@ -97,6 +99,7 @@ BAD_REQUEST: Final = "bad_request"
 UPGRADE_REQUIRED: Final = "upgrade_required"
 INTERNAL: Final = "internal_error"
 SERVICE_UNAVAILABLE: Final = "service_unavailable"
+ROLLED_BACK: Final = "rolled_back"
 
 ERRORS: Final[dict[str, tuple[int, str]]] = {
     INVALID_JSON: (400, "the message or body is not valid JSON"),
@@ -125,6 +128,7 @@ ERRORS: Final[dict[str, tuple[int, str]]] = {
     UPGRADE_REQUIRED: (426, "this path serves WebSocket upgrades only"),
     INTERNAL: (500, "unexpected server error; the details are in the server log"),
     SERVICE_UNAVAILABLE: (503, "the server is shutting down"),
+    ROLLED_BACK: (503, "websocket_v2 is off for this tenant: connect to legacy_url"),
 }
 
 

@@ -5,6 +5,8 @@ Routes (all JSON)::
     GET    /api/websocket                 connection info for X-Tenant-ID
     POST   /api/websocket                 publish one event, or a batch (a JSON array)
     GET    /api/websocket/status          status and metrics (?detailed=true for more)
+    PUT    /api/websocket                 change flags: {"flags": {"websocket_v2": false, ...}}
+    DELETE /api/websocket                 disconnect ?tenant_id=T[&user_id=U][&connection_id=C]
     GET    /api/websocket/history         a channel's recent events (?channel=&since=&limit=)
     GET    /healthz                       liveness
     GET    /readyz                        readiness (503 while draining)
@@ -20,13 +22,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 import orjson
 
 from . import __version__, codes
 from .channels import resolve_channel, tenant_channel, validate_tenant_id, validate_user_id
 from .config import Settings
+from .control import Flags, WorkerStats
 from .core import IMPLEMENTATION
 from .exceptions import ProtocolError
 from .history import payload_of
@@ -71,10 +74,28 @@ def _int_param(query: dict[str, str], name: str, default: int, low: int, high: i
     return int(value)
 
 
-def error_response(code: str, message: str | None = None, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
+def error_response(
+    code: str,
+    message: str | None = None,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Response:
     status, meaning = codes.ERRORS[code]
-    body = orjson.dumps({"success": False, "error": {"code": code, "message": message or meaning}})
+    body = orjson.dumps({"success": False, "error": {"code": code, "message": message or meaning}, **(extra or {})})
     return Response(status, body, headers or [])
+
+
+class Control(Protocol):
+    """What the REST API needs of its worker's control (fastws.server.control.WorkerControl)."""
+
+    worker: int
+    flags: Flags
+
+    def v2_enabled(self, tenant_id: str) -> bool: ...
+    def set_flags(self, body: object) -> Flags: ...
+    def totals(self) -> dict[str, Any]: ...
+    def rows(self) -> dict[int, WorkerStats]: ...
+    async def disconnect(self, tenant_id: str, user_id: str | None, connection_id: str | None) -> int: ...
 
 
 def _ok(payload: dict[str, Any], status: int = 200) -> Response:
@@ -90,23 +111,37 @@ def _iso(unix_time: float) -> str | None:
 class RestAPI:
     """Routes and handlers of the REST API of one worker."""
 
-    def __init__(self, hub: Hub, settings: Settings, state: Callable[[], str] = lambda: "running") -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        settings: Settings,
+        state: Callable[[], str] = lambda: "running",
+        control: Control | None = None,
+    ) -> None:
         self.hub = hub
         self.settings = settings
+        #: flags, host-wide counters and commands (fastws.server.control); None: this hub alone
+        self.control = control
         #: "running" or "draining"
         self.state = state
         self.started_at = time.time()
         #: the URL reported when a request has no usable Host header; the server sets it once bound
         self.fallback_ws_url = f"ws://{settings.host}:{settings.port}/ws"
         self._routes: dict[str, dict[str, Callable[[Request], Response]]] = {
-            "/api/websocket": {"GET": self.get_info, "POST": self.post_publish},
+            "/api/websocket": {
+                "GET": self.get_info,
+                "POST": self.post_publish,
+                "PUT": self.put_flags,
+                "DELETE": self.delete_connections,
+            },
             "/api/websocket/status": {"GET": self.get_status},
             "/api/websocket/history": {"GET": self.get_history},
             "/healthz": {"GET": self.get_health},
             "/readyz": {"GET": self.get_ready},
         }
 
-    def handle(self, request: Request) -> Response:
+    def handle(self, request: Request) -> Response | Awaitable[Response]:
+        """The response, or (for commands that involve other workers) an awaitable of it."""
         methods = self._routes.get(request.path)
         if methods is None:
             if request.path == "/ws":
@@ -117,7 +152,19 @@ class RestAPI:
             allow = ", ".join(methods).encode()
             return error_response(codes.METHOD_NOT_ALLOWED, f"{request.method[:16]} is not allowed here", [(b"Allow", allow)])
         try:
-            return handler(request)
+            response = handler(request)
+        except ProtocolError as exc:
+            return error_response(exc.code, exc.message)
+        except Exception:
+            log.exception("error handling %s %s", request.method, request.path)
+            return error_response(codes.INTERNAL)
+        if isinstance(response, Response):
+            return response
+        return self._finish(request, response)
+
+    async def _finish(self, request: Request, pending: Awaitable[Response]) -> Response:
+        try:
+            return await pending
         except ProtocolError as exc:
             return error_response(exc.code, exc.message)
         except Exception:
@@ -135,16 +182,28 @@ class RestAPI:
 
     def _metrics(self) -> dict[str, Any]:
         metrics = self.hub.metrics
+        if self.control is not None:
+            totals = self.control.totals()
+        else:
+            totals = {
+                "total_connections": metrics.total_connections,
+                "connections": metrics.active_connections,
+                "events_sent": metrics.events_sent,
+                "events_published": metrics.events_published,
+                "messages_in": metrics.messages_received,
+                "workers": 1,
+            }
         return {
-            "total_connections": metrics.total_connections,
-            "active_connections": metrics.active_connections,
-            "events_sent": metrics.events_sent,
-            "events_published": metrics.events_published,
-            "messages_received": metrics.messages_received,
+            "total_connections": totals["total_connections"],
+            "active_connections": totals["connections"],
+            "events_sent": totals["events_sent"],
+            "events_published": totals["events_published"],
+            "messages_received": totals["messages_in"],
             "errors": metrics.errors,
+            "workers": totals["workers"],
             "last_activity": _iso(metrics.last_activity),
             "event_history_size": len(self.hub.broker),
-            "client_count": metrics.active_connections,
+            "client_count": totals["connections"],
         }
 
     def _ws_url(self, request: Request) -> str:
@@ -167,14 +226,15 @@ class RestAPI:
             event_types += [e for e in tenant.event_types if e != "connection"]
             sources += [s for s in tenant.sources if s != "system"]
         running = self.state() == "running"
+        v2 = self.control.v2_enabled(tenant_id) if self.control is not None else True
         primary = {
             "url": self._ws_url(request),
-            "status": "active" if running else "draining",
-            "enabled": True,
+            "status": ("active" if running else "draining") if v2 else "disabled",
+            "enabled": v2,
             "metrics": self._metrics(),
         }
         legacy_url = self.settings.legacy_url or None
-        legacy = {"url": legacy_url, "enabled": legacy_url is not None, "status": "standby"}
+        legacy = {"url": legacy_url, "enabled": legacy_url is not None, "status": "standby" if v2 else "active"}
         return _ok(
             {
                 "websocket": {
@@ -186,20 +246,54 @@ class RestAPI:
                     "channels": channels,
                     "event_types": event_types,
                     "sources": sources,
+                    "flags": self._flags().to_json(),
                 }
             }
         )
 
-    def post_publish(self, request: Request) -> Response:
-        tenant_id = self._header(request, "X-Tenant-ID", validate_tenant_id)
-        user_id = self._header(request, "X-User-ID", validate_user_id)
+    def _flags(self) -> Flags:
+        return self.control.flags if self.control is not None else Flags()
+
+    def put_flags(self, request: Request) -> Response:
+        body = self._json_body(request)
+        if type(body) is not dict or "flags" not in body:
+            raise ProtocolError(codes.MISSING_FIELD, "the body must be {\"flags\": {...}}")
+        if self.control is None:
+            raise ProtocolError(codes.SERVICE_UNAVAILABLE, "flags need a running server")
+        flags = self.control.set_flags(body["flags"])
+        return _ok({"flags": flags.to_json()})
+
+    def delete_connections(self, request: Request) -> Response | Awaitable[Response]:
+        query = request.query
+        tenant_id = validate_tenant_id(query.get("tenant_id"))
+        user_id = query.get("user_id")
+        if user_id is not None:
+            validate_user_id(user_id)
+        connection_id = query.get("connection_id")
+        if connection_id is not None and not 0 < len(connection_id) <= 64:
+            raise ProtocolError(codes.INVALID_FIELD, "'connection_id' is not a connection id")
+        if self.control is None:
+            raise ProtocolError(codes.SERVICE_UNAVAILABLE, "disconnecting needs a running server")
+        return self._disconnect(tenant_id, user_id, connection_id)
+
+    async def _disconnect(self, tenant_id: str, user_id: str | None, connection_id: str | None) -> Response:
+        count = await self.control.disconnect(tenant_id, user_id, connection_id)  # type: ignore[union-attr]
+        return _ok({"disconnected": count})
+
+    @staticmethod
+    def _json_body(request: Request) -> Any:
         content_type = request.headers.get("content-type")
         if content_type is not None and content_type.split(";", 1)[0].strip().lower() != "application/json":
             raise ProtocolError(codes.UNSUPPORTED_MEDIA_TYPE)
         try:
-            body = orjson.loads(request.body)
+            return orjson.loads(request.body)
         except orjson.JSONDecodeError:
             raise ProtocolError(codes.INVALID_JSON) from None
+
+    def post_publish(self, request: Request) -> Response:
+        tenant_id = self._header(request, "X-Tenant-ID", validate_tenant_id)
+        user_id = self._header(request, "X-User-ID", validate_user_id)
+        body = self._json_body(request)
         hub = self.hub
         if type(body) is list:
             if len(body) > self.settings.limits.max_batch:
@@ -258,6 +352,10 @@ class RestAPI:
                 for tenant_id, tenant in self.hub.tenants().items()
             }
             websocket["limits"] = self.settings.limits.to_json()
+            websocket["flags"] = self._flags().to_json()
+            if self.control is not None:
+                websocket["worker"] = self.control.worker
+                websocket["workers"] = {str(i): row.to_json() for i, row in self.control.rows().items()}
         return _ok({"websocket": websocket})
 
     def get_health(self, request: Request) -> Response:

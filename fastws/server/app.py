@@ -22,6 +22,9 @@ from ..exceptions import ProtocolError
 from ..messages import decode_position, decode_query_filters
 from ..hub import Hub
 from ..rest import Request, Response, RestAPI, error_response
+from ..broker import SharedSegment
+from ..control import Flags
+from .control import WorkerControl
 from .http import HttpProtocol
 from .websocket import Connection
 
@@ -33,11 +36,20 @@ log = logging.getLogger("fastws.server")
 class Server:
     """A fastws worker listening on one port for WebSocket and HTTP."""
 
-    def __init__(self, settings: Settings | None = None, *, sock: socket.socket | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        sock: socket.socket | None = None,
+        segment: SharedSegment | None = None,
+        worker: int = 0,
+        wake_fds: list[int] | None = None,
+    ) -> None:
         self.settings = settings or Settings()
         self.debug = logging.getLogger("fastws").isEnabledFor(logging.DEBUG)
-        self.hub = Hub(self.settings.limits, debug=self.debug)
-        self.rest = RestAPI(self.hub, self.settings, self._state)
+        self.hub = Hub(self.settings.limits, debug=self.debug, worker=worker)
+        self.control = WorkerControl(self, segment, worker, wake_fds)
+        self.rest = RestAPI(self.hub, self.settings, self._state, self.control)
         self.connections: set[Connection] = set()
         self.http_connections: set[HttpProtocol] = set()
         self.accepting = False
@@ -60,10 +72,20 @@ class Server:
             kwargs["sock"] = self._sock
         else:
             kwargs.update(host=self.settings.host, port=self.settings.port, reuse_address=True)
+        self.control.start(self._loop)
         self._server = await self._loop.create_server(lambda: HttpProtocol(self), **kwargs)
         self.rest.fallback_ws_url = self.ws_url
         self.accepting = True
         return self
+
+    def reload(self, settings: Settings) -> None:
+        """Use new settings (limits, timeouts) for what comes next; open connections stay."""
+        self.settings = settings
+        self.hub.limits = settings.limits
+        self.rest.settings = settings
+        self.hub.broker.max_events = settings.limits.history_size
+        self.hub.broker.max_bytes = settings.limits.history_bytes
+        log.info("settings reloaded")
 
     @property
     def port(self) -> int:
@@ -89,6 +111,7 @@ class Server:
             return
         self.accepting = False
         self._server.close()
+        self.control.stop("draining")
         for connection in list(self.connections):
             connection.close(close_code, "server shutting down")
         for http in list(self.http_connections):
@@ -102,6 +125,7 @@ class Server:
                 connection.transport.disconnect(graceful=False)
         await self._server.wait_closed()
         self._server = None
+        self.control.publish_stats("empty")
 
     async def __aenter__(self) -> "Server":
         return await self.start()
@@ -126,7 +150,35 @@ class Server:
             since, epoch = decode_position(since, query.get("epoch"))
         except ProtocolError as exc:
             return error_response(exc.code, exc.message)
+        if not self.control.v2_enabled(tenant_id):
+            return error_response(
+                codes.ROLLED_BACK, extra={"legacy_url": self.settings.legacy_url or None}
+            )
         return Connection(self, tenant_id, user_id, filters, since, epoch)
+
+    # -- operations -----------------------------------------------------------------------
+
+    def disconnect_matching(self, tenant_id: str, user_id: str | None = None, connection_id: str | None = None) -> int:
+        """Close this worker's connections of a tenant (and user, and connection id) with 4001."""
+        count = 0
+        for connection in list(self.connections):
+            session = connection.session
+            if (
+                session is not None
+                and session.tenant_id == tenant_id
+                and (user_id is None or session.user_id == user_id)
+                and (connection_id is None or session.connection_id == connection_id)
+            ):
+                connection.close(codes.DISCONNECTED_BY_ADMIN, "disconnected by an administrator")
+                count += 1
+        return count
+
+    def close_rolled_back(self, previous: Flags) -> None:
+        """After a flag change with policy 'close': close connections of tenants no longer on v2 (4002)."""
+        reason = f"websocket_v2 off: {self.settings.legacy_url}" if self.settings.legacy_url else "websocket_v2 off"
+        for connection in list(self.connections):
+            if not self.control.v2_enabled(connection.tenant_id):
+                connection.close(codes.ROLLED_BACK_CLOSE, reason)
 
     # -- coalesced writes -----------------------------------------------------------------
 

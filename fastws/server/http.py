@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
@@ -57,7 +58,7 @@ class HttpProtocol(asyncio.Protocol):
 
     __slots__ = (
         "server", "transport", "parser", "_url", "_headers", "_body", "_size",
-        "_body_size", "_timer", "_closing", "_in_head", "_head_bytes", "_completed",
+        "_body_size", "_timer", "_closing", "_in_head", "_head_bytes", "_completed", "_waiting",
     )
 
     def __init__(self, server: "Server") -> None:
@@ -75,6 +76,8 @@ class HttpProtocol(asyncio.Protocol):
         self._in_head = True
         self._head_bytes = 0
         self._completed = 0
+        # responses waiting for an earlier, slower one: [response or None, keep_alive, head]
+        self._waiting: deque[list] = deque()
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -172,9 +175,28 @@ class HttpProtocol(asyncio.Protocol):
             return  # feed_data raises HttpParserUpgrade next
         request = self._request()
         response = self.server.rest.handle(request)
-        keep_alive = self.parser.should_keep_alive() and self.server.accepting
-        self._respond(response, close=not keep_alive, head=request.method == "HEAD")
-        if keep_alive:
+        keep_alive = self.parser.should_keep_alive()
+        head = request.method == "HEAD"
+        if isinstance(response, Response) and not self._waiting:
+            self._finish(response, keep_alive, head)
+            return
+        # An answer that comes later (or queues behind one): pipelined requests keep their order.
+        slot: list = [response if isinstance(response, Response) else None, keep_alive, head]
+        self._waiting.append(slot)
+        if slot[0] is None:
+            task = asyncio.ensure_future(response)  # type: ignore[arg-type]
+            task.add_done_callback(lambda done: self._ready(slot, done))
+
+    def _ready(self, slot: list, done: "asyncio.Future[Response]") -> None:
+        slot[0] = done.result()
+        while self._waiting and self._waiting[0][0] is not None and not self._closing:
+            response, keep_alive, head = self._waiting.popleft()
+            self._finish(response, keep_alive, head)
+
+    def _finish(self, response: Response, keep_alive: bool, head: bool) -> None:
+        keep_alive = keep_alive and self.server.accepting
+        self._respond(response, close=not keep_alive, head=head)
+        if keep_alive and not self._waiting:
             self._arm_timer(self.server.settings.keepalive_timeout)
 
     # -- helpers ----------------------------------------------------------------------------

@@ -824,8 +824,7 @@ async def test_unknown_path_is_404_with_a_json_error(server, path):
     [
         ("DELETE", "/api/websocket/status", {"GET"}),
         ("POST", "/api/websocket/status", {"GET"}),
-        ("PUT", "/api/websocket", {"GET", "POST"}),
-        ("DELETE", "/api/websocket", {"GET", "POST"}),
+        ("PATCH", "/api/websocket", {"GET", "POST", "PUT", "DELETE"}),
         ("POST", "/healthz", {"GET"}),
     ],
 )

@@ -1,0 +1,225 @@
+"""A worker's link to its host: the control plane, flags, counters and the shared broker.
+
+With one process (no supervisor) the control plane is a private buffer and
+the hub keeps its own History. Under the supervisor, every worker maps the
+host's SharedSegment: the plane is shared, the hub's broker is a
+SharedBroker, other workers wake this one through its eventfd, and this
+worker polls the flags generation every ``POLL_INTERVAL`` seconds, so a flag
+change reaches every worker within 100 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, ContextManager
+
+import orjson
+
+from .. import codes
+from ..broker import SharedBroker, SharedSegment
+from ..control import ControlPlane, Flags, LATENCY_BUCKETS, WorkerStats, v2_enabled_for
+
+if TYPE_CHECKING:
+    from .app import Server
+
+__all__ = ["WorkerControl", "POLL_INTERVAL"]
+
+log = logging.getLogger("fastws.control")
+
+#: seconds between flag polls (and counter publications)
+POLL_INTERVAL = 0.05
+#: seconds a DELETE waits for the other workers to apply it
+COMMAND_TIMEOUT = 2.0
+
+_METRIC_FIELDS = ("connections", "total_connections", "messages_in", "events_published", "events_sent")
+
+
+class WorkerControl:
+    def __init__(
+        self,
+        server: "Server",
+        segment: SharedSegment | None = None,
+        worker: int = 0,
+        wake_fds: list[int] | None = None,
+    ) -> None:
+        self.server = server
+        self.segment = segment
+        self.worker = worker
+        self.wake_fds = wake_fds or []
+        if segment is not None:
+            self.plane = segment.plane
+        else:
+            self.plane = ControlPlane.create(bytearray(ControlPlane.layout_size(1, 1024)), 1, 1024)
+        self.flags: Flags = self.plane.read_flags()
+        self.broker: SharedBroker | None = None
+        self.latency = [0] * LATENCY_BUCKETS
+        self.started_at = time.time()
+        self._timer: asyncio.TimerHandle | None = None
+        self._notify_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ticks = 0
+
+    @property
+    def shared(self) -> bool:
+        return self.segment is not None
+
+    def lock(self) -> ContextManager[None]:
+        return self.segment.exclusive() if self.segment is not None else contextlib.nullcontext()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        hub = self.server.hub
+        if self.segment is not None:
+            self.broker = SharedBroker(
+                self.segment, self.worker, self.server.settings.limits,
+                self._on_remote_event, self._on_command, self._schedule_notify,
+            )
+            self.broker.start()
+            hub.broker = self.broker
+            loop.add_reader(self.wake_fds[self.worker], self._on_wake)
+        self.publish_stats("running")
+        self._timer = loop.call_later(POLL_INTERVAL, self._tick)
+
+    def stop(self, state: str = "draining") -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.segment is not None and self._loop is not None:
+            self._loop.remove_reader(self.wake_fds[self.worker])
+        self.publish_stats(state)
+
+    def _tick(self) -> None:
+        self._ticks += 1
+        generation = self.plane.generation
+        if generation // 2 != self.flags.generation and generation % 2 == 0:
+            self._apply_flags(self.plane.read_flags())
+        if self._ticks % 2 == 0:
+            self.publish_stats()
+        self._timer = self._loop.call_later(POLL_INTERVAL, self._tick)  # type: ignore[union-attr]
+
+    # -- the shared log ----------------------------------------------------------------------
+
+    def _on_wake(self) -> None:
+        try:
+            os.eventfd_read(self.wake_fds[self.worker])
+        except BlockingIOError:
+            pass
+        self.broker.catch_up()  # type: ignore[union-attr]
+
+    def _schedule_notify(self) -> None:
+        if not self._notify_scheduled and self._loop is not None:
+            self._notify_scheduled = True
+            self._loop.call_soon(self._notify_others)
+
+    def _notify_others(self) -> None:
+        self._notify_scheduled = False
+        for index, fd in enumerate(self.wake_fds):
+            if index != self.worker:
+                os.eventfd_write(fd, 1)
+
+    def _on_remote_event(
+        self, channel: str, event_type: str, source: str, priority: int, publisher: str,
+        target: str | None, frame: bytes, published_at: float,
+    ) -> None:
+        self.server.hub.fan_out(channel, event_type, source, priority, publisher, target, frame)
+        micros = max(0.0, (time.monotonic() - published_at) * 1e6)
+        self.latency[min(LATENCY_BUCKETS - 1, int(micros).bit_length())] += 1
+
+    def _on_command(self, body: bytes) -> int:
+        command = orjson.loads(body)
+        if command.get("op") == "disconnect":
+            count = self.server.disconnect_matching(command.get("tenant_id"), command.get("user_id"), command.get("connection_id"))
+            # publish the result once the broker has recorded it (after this call returns)
+            if self._loop is not None:
+                self._loop.call_soon(self.publish_stats)
+            return count
+        return 0
+
+    # -- flags -------------------------------------------------------------------------------
+
+    def set_flags(self, body: object) -> Flags:
+        """Apply a PUT body's flag changes for every worker of the host; the new flags."""
+        with self.lock():
+            current = self.plane.read_flags()
+            flags = replace(current.updated(body, self.plane.max_overrides), source="api")
+            written = self.plane.write_flags(flags)
+        self._apply_flags(written)
+        return written
+
+    def load_config_flags(self, flags: Flags) -> None:
+        """Flags from the configuration: applied unless the API has set them since."""
+        with self.lock():
+            current = self.plane.read_flags()
+            if current.source != "api":
+                self.plane.write_flags(replace(flags, source="config"))
+        self._apply_flags(self.plane.read_flags())
+
+    def _apply_flags(self, flags: Flags) -> None:
+        previous, self.flags = self.flags, flags
+        log.info("flags changed (generation %d): %s", flags.generation, flags.to_json())
+        if flags.existing == "close":
+            self.server.close_rolled_back(previous)
+
+    def v2_enabled(self, tenant_id: str) -> bool:
+        return v2_enabled_for(self.flags, tenant_id)
+
+    # -- counters ----------------------------------------------------------------------------
+
+    def stats(self, state: str = "running") -> WorkerStats:
+        metrics = self.server.hub.metrics
+        broker = self.broker
+        return WorkerStats(
+            pid=os.getpid(),
+            state=state,
+            started_at=self.started_at,
+            heartbeat=time.time(),
+            connections=metrics.active_connections,
+            total_connections=metrics.total_connections,
+            messages_in=metrics.messages_received,
+            events_published=metrics.events_published,
+            events_sent=metrics.events_sent,
+            latency=list(self.latency),
+            bus_position=broker.position_applied if broker else 0,
+            commands=list(broker.command_results) if broker else [],
+            restarts=self.plane.read_worker(self.worker).restarts,
+        )
+
+    def publish_stats(self, state: str = "running") -> None:
+        self.plane.write_worker(self.worker, self.stats(state))
+
+    def rows(self) -> dict[int, WorkerStats]:
+        self.publish_stats()
+        return self.plane.workers()
+
+    def totals(self) -> dict[str, Any]:
+        """Counters summed over the host's workers (this one's fresh)."""
+        rows = [row for row in self.rows().values() if row.state in ("running", "draining")]
+        totals: dict[str, Any] = {name: sum(getattr(row, name) for row in rows) for name in _METRIC_FIELDS}
+        totals["workers"] = len(rows)
+        return totals
+
+    # -- commands ----------------------------------------------------------------------------
+
+    async def disconnect(self, tenant_id: str, user_id: str | None, connection_id: str | None) -> int:
+        """Disconnect the selected connections on every worker; how many there were."""
+        body = orjson.dumps({"op": "disconnect", "tenant_id": tenant_id, "user_id": user_id, "connection_id": connection_id})
+        if self.broker is None:
+            return self._on_command(body)
+        position = self.broker.command(body)
+        self.publish_stats()
+        deadline = time.monotonic() + COMMAND_TIMEOUT
+        while True:
+            rows = {i: r for i, r in self.plane.workers().items() if r.state == "running"}
+            if all(r.bus_position >= position for r in rows.values()) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.005)
+        return sum(count for row in rows.values() for at, count in row.commands if at == position)
+
+
