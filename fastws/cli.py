@@ -46,22 +46,36 @@ def _run(coro: object) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    overrides = {
+        "host": args.host,
+        "port": args.port,
+        "legacy_url": args.legacy_url,
+        "log_level": args.log_level,
+        "max_message_size": args.max_message_size,
+    }
+    overrides = {name: value for name, value in overrides.items() if value is not None}
     try:
-        settings = Settings.load(
-            host=args.host,
-            port=args.port,
-            legacy_url=args.legacy_url,
-            log_level=args.log_level,
-            max_message_size=args.max_message_size,
-        )
+        settings = Settings.load(config=args.config, **overrides)
+        workers = (os.cpu_count() or 1) if args.workers is None else args.workers
+        if workers < 0:
+            raise ConfigError("--workers must be 0 (no supervisor) or more")
     except ConfigError as exc:
         print(f"fastws: {exc}", file=sys.stderr)
         return 2
     level = "debug" if _debug_from_env(os.environ) else settings.log_level
     _configure_logging(level)
-    from .server.app import serve
+    if workers == 0:
+        from .server.app import serve
 
-    _run(serve(settings))
+        _run(serve(settings))
+        return 0
+    from .server.supervisor import Supervisor
+
+    if settings.port == 0:
+        # every worker must serve the one port the supervisor bound
+        overrides.pop("port", None)
+    supervisor = Supervisor(settings, workers, args.config, overrides, level)
+    _run(supervisor.run())
     return 0
 
 
@@ -79,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="log level (FASTWS_LOG_LEVEL, default info; DEBUG=websocket:* means debug)",
     )
     serve.add_argument("--max-message-size", type=int, help="largest WebSocket message in bytes (FASTWS_MAX_MESSAGE_SIZE)")
+    serve.add_argument(
+        "--workers", type=int,
+        help="worker processes sharing the port (default: the number of CPUs; 0: one in-process worker, no supervisor)",
+    )
+    serve.add_argument("--config", help="TOML configuration file (settings and [flags]); SIGHUP reloads it")
     serve.set_defaults(handler=_serve)
     return parser
 

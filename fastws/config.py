@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from .exceptions import ConfigError
 
-__all__ = ["Settings", "Limits"]
+__all__ = ["Settings", "Limits", "read_config_file"]
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -98,10 +99,10 @@ class Settings:
     }
 
     @classmethod
-    def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
-        """Defaults, overridden by ``env`` (os.environ by default), overridden by ``overrides`` (not None)."""
+    def load(cls, env: Mapping[str, str] | None = None, config: str | None = None, **overrides: Any) -> "Settings":
+        """Defaults, then the ``config`` file (TOML), then ``env`` (os.environ by default), then ``overrides`` (not None)."""
         env = os.environ if env is None else env
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = read_config_file(config)[0] if config else {}
         for name, variable in cls._ENV.items():
             if variable in env and env[variable] != "":
                 values[name] = env[variable]
@@ -133,6 +134,32 @@ class Settings:
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
+
+
+def read_config_file(path: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(settings, the [flags] table or None) of a TOML configuration file.
+
+    Settings are top-level keys named as the Settings and Limits fields::
+
+        port = 8765
+        legacy_url = "wss://legacy.example/realtime"
+        max_message_size = 65536
+
+        [flags]
+        websocket_v2 = true
+        rollout_percent = 100
+        existing = "keep"
+        tenants = { acme = "off" }
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    flags = data.pop("flags", None)
+    if flags is not None and not isinstance(flags, dict):
+        raise ConfigError("[flags] must be a table")
+    return data, flags
 
 
 def _coerce(name: str, raw: Any, kind: type) -> Any:

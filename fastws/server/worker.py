@@ -1,0 +1,76 @@
+"""One worker process under the supervisor: ``python -m fastws.server.worker SPEC``.
+
+SPEC is JSON: the worker's index, the shared segment's path, the listening
+socket's file descriptor, every worker's eventfd, the configuration file and
+the command-line overrides. The worker serves the inherited socket with
+its own uvloop loop until SIGTERM (drain, exit 0); SIGHUP reloads the
+settings from the same sources, keeping every connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+import orjson
+
+from ..broker import SharedSegment
+from ..config import Settings
+from .app import Server
+
+log = logging.getLogger("fastws.worker")
+
+
+def load_settings(spec: dict[str, Any]) -> Settings:
+    return Settings.load(config=spec.get("config"), **spec.get("overrides", {}))
+
+
+async def run(spec: dict[str, Any]) -> None:
+    loop = asyncio.get_running_loop()
+    index = spec["index"]
+    settings = load_settings(spec)
+    segment = SharedSegment.attach(spec["segment"])
+    sock = socket.socket(fileno=spec["listen_fd"])
+    server = Server(settings, sock=sock, segment=segment, worker=index, wake_fds=spec["wake_fds"])
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides; a terminal's ^C reaches it
+
+    def reload() -> None:
+        try:
+            server.reload(load_settings(spec))
+        except Exception:
+            log.exception("worker %d: reload failed; keeping the previous settings", index)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    await server.start()
+    log.info("worker %d (pid %d) serving", index, os.getpid())
+    await stop.wait()
+    log.info("worker %d draining %d connections", index, len(server.connections))
+    await server.close()
+
+
+def main() -> None:
+    spec = orjson.loads(sys.argv[1])
+    logging.basicConfig(
+        level=spec.get("log_level", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+    if spec.get("log_level", "info").lower() != "debug":
+        logging.getLogger("fastws.picows").setLevel(logging.WARNING)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        asyncio.run(run(spec))
+    else:
+        uvloop.run(run(spec))
+
+
+if __name__ == "__main__":
+    main()
