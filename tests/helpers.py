@@ -26,7 +26,8 @@ class Client:
     @classmethod
     async def connect(cls, url: str, tenant_id: str = "t1", user_id: str = "u1", **query: str) -> "Client":
         params = "&".join(f"{k}={v}" for k, v in {"tenant_id": tenant_id, "user_id": user_id, **query}.items())
-        ws = await websockets.connect(f"{url}?{params}", max_size=None, open_timeout=TIMEOUT)
+        # max_queue=None: a test client that leaves events unread must still see the close frame behind them
+        ws = await websockets.connect(f"{url}?{params}", max_size=None, max_queue=None, open_timeout=TIMEOUT)
         welcome = orjson.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
         assert welcome["eventType"] == "connection", welcome
         return cls(ws, welcome)

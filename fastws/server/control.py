@@ -186,8 +186,8 @@ class WorkerControl:
             events_published=metrics.events_published,
             events_sent=metrics.events_sent,
             latency=list(self.latency),
-            bus_position=broker.position_applied if broker else 0,
-            commands=list(broker.command_results) if broker else [],
+            bus_position=broker.position_applied if broker is not None else 0,
+            commands=list(broker.command_results) if broker is not None else [],
             restarts=self.plane.read_worker(self.worker).restarts,
         )
 

@@ -1,0 +1,313 @@
+"""Several workers under the supervisor: cross-worker delivery, order, restarts, flags, drain, status."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from collections import defaultdict
+
+import orjson
+import pytest
+import websockets
+
+from tests.helpers import Client, event_ids
+
+URL_LINE = re.compile(rb"WebSocket (ws://\S+?)\?")
+TIMEOUT = 20.0
+
+
+class Cluster:
+    """`fastws serve --workers N` in a real process, its URL, and its log."""
+
+    def __init__(self, process: asyncio.subprocess.Process, url: str) -> None:
+        self.process = process
+        self.url = url
+        self.host, self.port = url.removeprefix("ws://").removesuffix("/ws").rsplit(":", 1)
+        self.log: list[bytes] = []
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        while line := await self.process.stderr.readline():
+            self.log.append(line)
+
+    @classmethod
+    async def start(cls, workers: int = 2, *args: str, env: dict[str, str] | None = None) -> "Cluster":
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fastws", "serve", "--port", "0", "--workers", str(workers), *args,
+            stderr=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})},
+        )
+        while True:
+            line = await asyncio.wait_for(process.stderr.readline(), TIMEOUT)
+            assert line, "the server exited"
+            match = URL_LINE.search(line)
+            if match:
+                return cls(process, match.group(1).decode())
+
+    async def stop(self) -> int:
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(self.process.wait(), TIMEOUT)
+        await self._reader
+        return code
+
+    def text(self) -> str:
+        return b"".join(self.log).decode(errors="replace")
+
+    async def http(self, method: str, path: str, headers: dict[str, str] | None = None, body: object = None):
+        reader, writer = await asyncio.open_connection(self.host, int(self.port))
+        data = b"" if body is None else orjson.dumps(body)
+        lines = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        writer.write(
+            f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len(data)}\r\n"
+            f"Content-Type: application/json\r\n{lines}\r\n".encode() + data
+        )
+        raw = await asyncio.wait_for(reader.read(), TIMEOUT)
+        writer.close()
+        head, _, payload = raw.partition(b"\r\n\r\n")
+        return int(head.split()[1]), orjson.loads(payload)
+
+    async def spread(self, tenant: str, count: int = 24, **query: str) -> dict[int, list[Client]]:
+        """Open connections until each worker has some; grouped by the worker named in the welcome."""
+        by_worker: dict[int, list[Client]] = defaultdict(list)
+        for i in range(200):
+            client = await Client.connect(self.url, tenant, f"u{i}", **query)
+            by_worker[client.welcome["data"]["worker"]].append(client)
+            if i + 1 >= count and len(by_worker) >= 2:
+                break
+        assert len(by_worker) >= 2, "every connection landed on one worker"
+        return by_worker
+
+
+@pytest.fixture
+async def cluster():
+    running = await Cluster.start(2)
+    yield running
+    await running.stop()
+
+
+async def until(predicate, timeout: float = TIMEOUT) -> None:
+    """Poll a condition (bounded); fail if it never holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await predicate():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_events_cross_workers(cluster):
+    """A publish on one worker reaches subscribers on every worker, each exactly once."""
+    groups = await cluster.spread("x")
+    workers = sorted(groups)
+    publisher = groups[workers[0]][0]
+    ids = [(await publisher.publish("tick", {"n": n}))["id"] for n in range(20)]
+    for worker in workers:
+        for client in groups[worker]:
+            received = []
+            while len(received) < 20:
+                received.append(await client.recv())
+            assert [e["id"] for e in received] == ids, f"worker {worker}"
+    for clients in groups.values():
+        for client in clients:
+            await client.close()
+
+
+async def test_channel_order_is_the_same_on_every_worker(cluster):
+    """Two publishers on different workers, interleaved: every subscriber sees the channel in one order, by offset."""
+    groups = await cluster.spread("ord")
+    a, b = (groups[w][0] for w in sorted(groups)[:2])
+    for n in range(30):  # no refs, no waiting: the two workers race
+        await a.send({"type": "publish", "event": "e", "payload": {"from": "a", "n": n}})
+        await b.send({"type": "publish", "event": "e", "payload": {"from": "b", "n": n}})
+    orders = []
+    for clients in groups.values():
+        for client in clients:
+            received = [await client.recv() for _ in range(60)]
+            orders.append([(e["data"]["from"], e["data"]["n"]) for e in received])
+            assert [e["offset"] for e in received] == sorted(e["offset"] for e in received)
+    assert all(order == orders[0] for order in orders)
+    for clients in groups.values():
+        for client in clients:
+            await client.close()
+
+
+async def test_recovery_on_another_worker(cluster):
+    """A client that reconnects to another worker recovers exactly what it missed."""
+    groups = await cluster.spread("rec")
+    first_worker, other_worker = sorted(groups)[:2]
+    client = groups[first_worker][0]
+    publisher = groups[other_worker][0]
+    epoch = client.welcome["data"]["epoch"]
+    await publisher.publish("e", {"n": 0})
+    last = (await client.recv())["offset"]
+    await client.close()
+    missed = [(await publisher.publish("e", {"n": n}))["id"] for n in range(1, 6)]
+    for attempt in range(100):
+        resumed = await Client.connect(cluster.url, "rec", "again", since=str(last), epoch=epoch)
+        if resumed.welcome["data"]["worker"] != first_worker:
+            break
+        await resumed.close()
+    assert resumed.welcome["data"]["worker"] != first_worker
+    assert resumed.welcome["data"]["recovered"] is True
+    assert event_ids(await resumed.drain()) == missed
+    await resumed.close()
+
+
+async def test_kill_9_of_a_worker_loses_nothing_elsewhere(cluster):
+    """kill -9 of one worker: the supervisor starts a new one, and the other worker's clients miss nothing."""
+    groups = await cluster.spread("k9")
+    status, body = await cluster.http("GET", "/api/websocket/status?detailed=true")
+    rows = body["websocket"]["workers"]
+    victim_worker = sorted(groups)[1]
+    survivor_worker = sorted(groups)[0]
+    victim_pid = rows[str(victim_worker)]["pid"]
+    publisher = groups[survivor_worker][0]
+    watcher = groups[survivor_worker][-1]
+    sent = [(await publisher.publish("e", {"n": n}))["id"] for n in range(10)]
+    os.kill(victim_pid, signal.SIGKILL)
+    for client in groups[victim_worker]:
+        await asyncio.wait_for(client.ws.wait_closed(), TIMEOUT)
+    sent += [(await publisher.publish("e", {"n": n}))["id"] for n in range(10, 20)]
+
+    async def replaced() -> bool:
+        _, body = await cluster.http("GET", "/api/websocket/status?detailed=true")
+        row = body["websocket"]["workers"].get(str(victim_worker))
+        return row is not None and row["state"] == "running" and row["pid"] != victim_pid
+
+    await until(replaced)
+    sent += [(await publisher.publish("e", {"n": n}))["id"] for n in range(20, 30)]
+    assert event_ids(await watcher.drain()) == sent
+    assert "worker %d" % victim_worker in cluster.text() and "starting it again" in cluster.text()
+    newcomers = await cluster.spread("k9b")  # both workers serve again
+    assert len(newcomers) == 2
+    for clients in list(groups.values()) + list(newcomers.values()):
+        for client in clients:
+            await client.close()
+
+
+async def test_status_aggregates_every_worker(cluster):
+    """Status reports the connections and events of all workers, whichever worker answers; detailed lists each."""
+    groups = await cluster.spread("st")
+    total = sum(len(c) for c in groups.values())
+    publisher = next(iter(groups.values()))[0]
+    for n in range(5):
+        await publisher.publish("e")
+
+    async def counted() -> bool:
+        _, body = await cluster.http("GET", "/api/websocket/status?detailed=true")
+        metrics = body["websocket"]["metrics"]
+        return metrics["active_connections"] == total and metrics["events_sent"] == 5 * total and metrics["workers"] == 2
+
+    for _ in range(4):  # several requests, landing on either worker
+        await until(counted)
+    _, body = await cluster.http("GET", "/api/websocket/status?detailed=true")
+    rows = body["websocket"]["workers"]
+    assert sorted(rows) == ["0", "1"]
+    assert sum(row["connections"] for row in rows.values()) == total
+    for clients in groups.values():
+        for client in clients:
+            await client.close()
+
+
+async def test_flag_flip_reaches_every_worker(cluster):
+    """PUT websocket_v2 off: every worker refuses new upgrades (503 with legacy_url) and reports it; on again restores."""
+    status, body = await cluster.http("PUT", "/api/websocket", body={"flags": {"websocket_v2": False}})
+    assert status == 200 and body["flags"]["websocket_v2"] is False and body["flags"]["source"] == "api"
+
+    async def refused_everywhere() -> bool:
+        for _ in range(8):
+            try:
+                client = await Client.connect(cluster.url, "ff", "u")
+            except websockets.InvalidStatus as exc:
+                assert exc.response.status_code == 503
+                assert orjson.loads(exc.response.body)["error"]["code"] == "rolled_back"
+                continue
+            await client.close()
+            return False
+        return True
+
+    await until(refused_everywhere)
+    for _ in range(4):
+        _, info = await cluster.http("GET", "/api/websocket", {"X-Tenant-ID": "ff"})
+        assert info["websocket"]["nextjs"]["enabled"] is False and info["websocket"]["legacy"]["status"] == "active"
+    status, _ = await cluster.http("POST", "/api/websocket", {"X-Tenant-ID": "ff", "X-User-ID": "u"}, {"event": "e"})
+    assert status == 200  # REST publishing keeps working
+    await cluster.http("PUT", "/api/websocket", body={"flags": {"websocket_v2": True}})
+
+    async def accepted() -> bool:
+        try:
+            groups = await cluster.spread("ff2", count=4)
+        except websockets.InvalidStatus:
+            return False
+        for clients in groups.values():
+            for client in clients:
+                await client.close()
+        return True
+
+    await until(accepted)
+
+
+async def test_delete_disconnects_on_every_worker(cluster):
+    """DELETE /api/websocket?tenant_id=T closes that tenant's connections on all workers with 4001 and counts them."""
+    groups = await cluster.spread("del")
+    other = await Client.connect(cluster.url, "keep", "u")
+    total = sum(len(c) for c in groups.values())
+    status, body = await cluster.http("DELETE", "/api/websocket?tenant_id=del")
+    assert (status, body) == (200, {"success": True, "disconnected": total})
+    for clients in groups.values():
+        for client in clients:
+            await asyncio.wait_for(client.ws.wait_closed(), TIMEOUT)
+            assert client.ws.close_code == 4001
+    assert (await other.request({"type": "ping"}))["type"] == "pong"
+    await other.close()
+
+
+async def test_sigterm_drains_every_worker():
+    """SIGTERM: clients on every worker get 1001, the supervisor exits 0."""
+    cluster = await Cluster.start(2)
+    groups = await cluster.spread("drain", count=6)
+    assert await cluster.stop() == 0
+    for clients in groups.values():
+        for client in clients:
+            await asyncio.wait_for(client.ws.wait_closed(), TIMEOUT)
+            assert client.ws.close_code == 1001
+    assert "stopped" in cluster.text()
+
+
+async def test_sighup_reloads_without_dropping_connections(tmp_path):
+    """SIGHUP reloads limits and config flags from the file; open connections stay; API-set flags win."""
+    config = tmp_path / "fastws.toml"
+    config.write_text("max_message_size = 65536\n[flags]\nwebsocket_v2 = true\n")
+    cluster = await Cluster.start(2, "--config", str(config))
+    try:
+        groups = await cluster.spread("hup", count=4)
+        config.write_text("max_message_size = 1000\n[flags]\nwebsocket_v2 = true\ntenants = { blocked = \"off\" }\n")
+        cluster.process.send_signal(signal.SIGHUP)
+
+        async def reloaded() -> bool:
+            _, body = await cluster.http("GET", "/api/websocket/status?detailed=true")
+            return body["websocket"]["limits"]["maxMessageSize"] == 1000 and "blocked" in body["websocket"]["flags"]["tenants"]
+
+        for _ in range(4):
+            await until(reloaded)
+        for clients in groups.values():
+            for client in clients:
+                assert (await client.request({"type": "ping"}))["type"] == "pong"
+        with pytest.raises(websockets.InvalidStatus):
+            await Client.connect(cluster.url, "blocked", "u")
+        await cluster.http("PUT", "/api/websocket", body={"flags": {"tenants": {"blocked": "on"}}})
+        cluster.process.send_signal(signal.SIGHUP)  # the file says off, but the API has spoken since
+        await asyncio.sleep(0)
+
+        async def api_wins() -> bool:
+            _, body = await cluster.http("GET", "/api/websocket/status?detailed=true")
+            return body["websocket"]["flags"]["tenants"].get("blocked") == "on" and body["websocket"]["flags"]["source"] == "api"
+
+        await until(api_wins)
+        for clients in groups.values():
+            for client in clients:
+                await client.close()
+    finally:
+        await cluster.stop()
