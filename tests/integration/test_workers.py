@@ -229,9 +229,15 @@ async def test_flag_flip_reaches_every_worker(cluster):
         return True
 
     await until(refused_everywhere)
-    for _ in range(4):
-        _, info = await cluster.http("GET", "/api/websocket", {"X-Tenant-ID": "ff"})
-        assert info["websocket"]["nextjs"]["enabled"] is False and info["websocket"]["legacy"]["status"] == "active"
+
+    async def reported_everywhere() -> bool:
+        for _ in range(8):
+            _, info = await cluster.http("GET", "/api/websocket", {"X-Tenant-ID": "ff"})
+            if info["websocket"]["nextjs"]["enabled"] or info["websocket"]["legacy"]["status"] != "active":
+                return False
+        return True
+
+    await until(reported_everywhere)
     status, _ = await cluster.http("POST", "/api/websocket", {"X-Tenant-ID": "ff", "X-User-ID": "u"}, {"event": "e"})
     assert status == 200  # REST publishing keeps working
     await cluster.http("PUT", "/api/websocket", body={"flags": {"websocket_v2": True}})
