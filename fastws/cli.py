@@ -1,4 +1,4 @@
-"""Command line: ``fastws serve``.
+"""Command line: ``fastws serve``, ``fastws flag``.
 
 Settings come from defaults, then ``FASTWS_*`` environment variables, then flags.
 ``DEBUG=websocket:*`` (as the seed used) or ``--log-level debug`` turns on debug logs.
@@ -79,6 +79,53 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _http(method: str, url: str, body: object = None) -> tuple[int, dict]:
+    """One JSON request to a running server (urllib: no dependency for a CLI call)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def _flag(args: argparse.Namespace) -> int:
+    """fastws flag NAME [VALUE]: read or change the running server's flags."""
+    base = args.base_url.rstrip("/")
+    if args.name == "show":
+        status, body = _http("GET", f"{base}/api/websocket/status?detailed=true")
+        if status != 200:
+            print(f"fastws: {status} {body}", file=sys.stderr)
+            return 1
+        print(_dumps(body["websocket"]["flags"]))
+        return 0
+    if args.name == "websocket_v2":
+        change: dict[str, object] = {"websocket_v2": args.value == "on"}
+    elif args.name == "rollout":
+        change = {"rollout_percent": int(args.value)}
+    elif args.name == "existing":
+        change = {"existing": args.value}
+    else:  # tenant
+        change = {"tenants": {args.tenant: None if args.value == "default" else args.value}}
+    status, body = _http("PUT", f"{base}/api/websocket", {"flags": change})
+    if status != 200:
+        print(f"fastws: {status} {body.get('error', body)}", file=sys.stderr)
+        return 1
+    print(_dumps(body["flags"]))
+    return 0
+
+
+def _dumps(value: object) -> str:
+    import json
+
+    return json.dumps(value, indent=2, sort_keys=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastws", description="fastws: multi-tenant WebSocket pub/sub server")
     parser.add_argument("--version", action="version", version=f"fastws {__version__}")
@@ -99,6 +146,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", help="TOML configuration file (settings and [flags]); SIGHUP reloads it")
     serve.set_defaults(handler=_serve)
+
+    default_base = os.environ.get("BASE_URL", "http://127.0.0.1:8765")
+    flag = commands.add_parser(
+        "flag",
+        help="show or change the running server's flags (websocket_v2 rollback)",
+        description="fastws flag websocket_v2 on|off; rollout PERCENT; existing keep|close; tenant T on|off|default; show",
+    )
+    flag_commands = flag.add_subparsers(dest="name", required=True)
+    for name, choices, help_text in (
+        ("websocket_v2", ["on", "off"], "serve with fastws (on) or roll back to the legacy system (off)"),
+        ("existing", ["keep", "close"], "what happens to open connections of tenants rolled back"),
+    ):
+        sub = flag_commands.add_parser(name, help=help_text)
+        sub.add_argument("value", choices=choices)
+    rollout = flag_commands.add_parser("rollout", help="percentage of tenants served by fastws (stable per tenant)")
+    rollout.add_argument("value", type=int, choices=range(0, 101), metavar="PERCENT")
+    tenant = flag_commands.add_parser("tenant", help="override one tenant: on, off, or default (follow the rollout)")
+    tenant.add_argument("tenant")
+    tenant.add_argument("value", choices=["on", "off", "default"])
+    flag_commands.add_parser("show", help="print the flags")
+    for sub in flag_commands.choices.values():
+        sub.add_argument("--base-url", default=default_base, help="the server's HTTP base URL (BASE_URL)")
+    flag.set_defaults(handler=_flag)
     return parser
 
 

@@ -317,3 +317,54 @@ async def test_sighup_reloads_without_dropping_connections(tmp_path):
                 await client.close()
     finally:
         await cluster.stop()
+
+
+async def test_flag_command_talks_to_the_running_server(cluster):
+    """`fastws flag` turns websocket_v2 off and on, sets a tenant override, and shows the flags."""
+    base = f"http://{cluster.host}:{cluster.port}"
+
+    async def flag(*args: str) -> tuple[int, dict]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fastws", "flag", *args, "--base-url", base, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), TIMEOUT)
+        return process.returncode, orjson.loads(out) if out else {}
+
+    code, flags = await flag("websocket_v2", "off")
+    assert code == 0 and flags["websocket_v2"] is False
+    code, flags = await flag("tenant", "vip", "on")
+    assert code == 0 and flags["tenants"] == {"vip": "on"}
+    code, flags = await flag("rollout", "40")
+    assert code == 0 and flags["rollout_percent"] == 40
+
+    async def everywhere() -> bool:
+        for _ in range(6):
+            code, shown = await flag("show")
+            if (shown["websocket_v2"], shown["tenants"], shown["rollout_percent"]) != (False, {"vip": "on"}, 40):
+                return False
+        return True
+
+    await until(everywhere)
+    vip = await Client.connect(cluster.url, "vip", "u")  # the override wins over the rollback
+    await vip.close()
+    code, flags = await flag("websocket_v2", "on")
+    assert code == 0 and flags["websocket_v2"] is True
+
+
+async def test_rollback_with_policy_close_closes_open_connections():
+    """With existing=close, turning websocket_v2 off closes open connections on every worker with 4002 naming the legacy URL."""
+    cluster = await Cluster.start(2, "--legacy-url", "wss://legacy.example/ws")
+    try:
+        groups = await cluster.spread("pc", count=6)
+        status, body = await cluster.http("PUT", "/api/websocket", body={"flags": {"existing": "close", "websocket_v2": False}})
+        assert status == 200
+        for clients in groups.values():
+            for client in clients:
+                await asyncio.wait_for(client.ws.wait_closed(), TIMEOUT)
+                assert client.ws.close_code == 4002
+                assert "wss://legacy.example/ws" in client.ws.close_reason
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await Client.connect(cluster.url, "pc", "late")
+        assert orjson.loads(refused.value.response.body)["legacy_url"] == "wss://legacy.example/ws"
+    finally:
+        await cluster.stop()
