@@ -73,6 +73,9 @@ class Metrics:
     events_sent: int = 0
     events_published: int = 0
     messages_received: int = 0
+    #: bytes of client messages received, and of frames written to connections
+    bytes_received: int = 0
+    bytes_sent: int = 0
     #: recoveries answered with replayed history
     events_replayed: int = 0
     errors: int = 0

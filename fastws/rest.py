@@ -191,6 +191,8 @@ class RestAPI:
                 "events_sent": metrics.events_sent,
                 "events_published": metrics.events_published,
                 "messages_in": metrics.messages_received,
+                "bytes_in": metrics.bytes_received,
+                "bytes_out": metrics.bytes_sent,
                 "workers": 1,
             }
         return {
@@ -199,6 +201,8 @@ class RestAPI:
             "events_sent": totals["events_sent"],
             "events_published": totals["events_published"],
             "messages_received": totals["messages_in"],
+            "bytes_received": totals["bytes_in"],
+            "bytes_sent": totals["bytes_out"],
             "errors": metrics.errors,
             "workers": totals["workers"],
             "last_activity": _iso(metrics.last_activity),

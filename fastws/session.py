@@ -86,7 +86,9 @@ class Session:
 
     def receive(self, data: bytes | memoryview) -> None:
         """Handle one complete client message (valid UTF-8)."""
-        self.hub.metrics.messages_received += 1
+        metrics = self.hub.metrics
+        metrics.messages_received += 1
+        metrics.bytes_received += len(data)
         try:
             command = decode_command(data)
             self._dispatch(command)

@@ -36,7 +36,9 @@ POLL_INTERVAL = 0.05
 #: seconds a DELETE waits for the other workers to apply it
 COMMAND_TIMEOUT = 2.0
 
-_METRIC_FIELDS = ("connections", "total_connections", "messages_in", "events_published", "events_sent")
+_METRIC_FIELDS = (
+    "connections", "total_connections", "messages_in", "events_published", "events_sent", "bytes_in", "bytes_out",
+)
 
 
 class WorkerControl:
@@ -185,6 +187,8 @@ class WorkerControl:
             messages_in=metrics.messages_received,
             events_published=metrics.events_published,
             events_sent=metrics.events_sent,
+            bytes_in=metrics.bytes_received,
+            bytes_out=metrics.bytes_sent,
             latency=list(self.latency),
             bus_position=broker.position_applied if broker is not None else 0,
             commands=list(broker.command_results) if broker is not None else [],

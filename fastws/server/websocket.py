@@ -192,7 +192,9 @@ class Connection(WSListener):
             # picows failed the connection itself (a frame it refused): no data after a close frame.
             self._closing = True
             return
-        self._write(pending[0] if len(pending) == 1 else b"".join(pending))  # type: ignore[misc]
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        self._write(data)  # type: ignore[misc]
+        self.server.hub.metrics.bytes_sent += len(data)
         if self._write_buffer_size() > self.server.settings.limits.max_send_buffer:  # type: ignore[misc]
             self.close(codes.SLOW_CONSUMER, "slow consumer: send buffer full")
 

@@ -176,7 +176,11 @@ async def test_kill_9_of_a_worker_loses_nothing_elsewhere(cluster):
         row = body["websocket"]["workers"].get(str(victim_worker))
         return row is not None and row["state"] == "running" and row["pid"] != victim_pid
 
+    await cluster.http("PUT", "/api/websocket", body={"flags": {"tenants": {"gone": "off"}}})
     await until(replaced)
+    for _ in range(6):  # the flags live in the segment: the new worker has them too
+        _, info = await cluster.http("GET", "/api/websocket", {"X-Tenant-ID": "gone"})
+        assert info["websocket"]["flags"]["tenants"] == {"gone": "off"}
     sent += [(await publisher.publish("e", {"n": n}))["id"] for n in range(20, 30)]
     assert event_ids(await watcher.drain()) == sent
     assert "worker %d" % victim_worker in cluster.text() and "starting it again" in cluster.text()
