@@ -123,7 +123,11 @@ class SharedSegment:
 
     @classmethod
     def attach(cls, path: str) -> "SharedSegment":
-        fd = os.open(path, os.O_RDWR)
+        return cls.attach_fd(os.open(path, os.O_RDWR), path)
+
+    @classmethod
+    def attach_fd(cls, fd: int, path: str = "") -> "SharedSegment":
+        """Map a segment from an open file descriptor (as a worker inherits it)."""
         memory = mmap.mmap(fd, os.fstat(fd).st_size)
         plane = ControlPlane(memory)
         plane_size = _align(ControlPlane.layout_size(plane.max_workers, plane.max_overrides))

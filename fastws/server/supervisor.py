@@ -1,9 +1,9 @@
 """The supervisor: one listening socket, N worker processes, one shared segment.
 
 It binds the port, creates the shared segment (control plane and shared log,
-fastws.broker) in /dev/shm and an eventfd per worker, and runs each worker
-with ``python -m fastws.server.worker``, passing the socket and the eventfds
-down. A worker that dies is started again (0.1 s backoff, doubling to 5 s,
+fastws.broker) in /dev/shm (and removes its name at once), an eventfd per
+worker, and runs each worker with ``python -m fastws.server.worker``,
+passing the socket, the segment and the eventfds down as descriptors. A worker that dies is started again (0.1 s backoff, doubling to 5 s,
 reset after 10 s of good health), on the same socket and segment, so the
 other workers and their connections never notice. SIGTERM/SIGINT drain the
 workers (they close clients with 1001) and exit 0; SIGHUP reloads the
@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -78,6 +77,11 @@ class Supervisor:
         directory = tempfile.mkdtemp(prefix="fastws-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
         path = os.path.join(directory, "segment")
         segment = SharedSegment.create(path, settings.limits, max_workers=max(64, self.workers))
+        # Workers inherit the descriptor: the name can go at once, so nothing is left
+        # behind in /dev/shm however the processes end.
+        os.unlink(path)
+        os.rmdir(directory)
+        os.set_inheritable(segment.fd, True)
         flags = config_flags(self.config)
         if flags is not None:
             segment.plane.write_flags(replace(flags, source="config"))
@@ -93,14 +97,14 @@ class Supervisor:
             loop.add_signal_handler(signum, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload(segment)))
         spec = {
-            "segment": path,
+            "segment_fd": segment.fd,
             "listen_fd": sock.fileno(),
             "wake_fds": wake_fds,
             "config": self.config,
             "overrides": self.overrides,
             "log_level": self.log_level,
         }
-        keepers = [asyncio.ensure_future(self._keep(index, spec, segment, [sock.fileno(), *wake_fds]))
+        keepers = [asyncio.ensure_future(self._keep(index, spec, segment, [sock.fileno(), segment.fd, *wake_fds]))
                    for index in range(self.workers)]
         try:
             await self._stop.wait()
@@ -125,7 +129,6 @@ class Supervisor:
             sock.close()
             for fd in wake_fds:
                 os.close(fd)
-            shutil.rmtree(directory, ignore_errors=True)
             log.info("stopped")
         return 0
 

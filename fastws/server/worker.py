@@ -1,6 +1,6 @@
 """One worker process under the supervisor: ``python -m fastws.server.worker SPEC``.
 
-SPEC is JSON: the worker's index, the shared segment's path, the listening
+SPEC is JSON: the worker's index, the shared segment's file descriptor, the listening
 socket's file descriptor, every worker's eventfd, the configuration file and
 the command-line overrides. The worker serves the inherited socket with
 its own uvloop loop until SIGTERM (drain, exit 0); SIGHUP reloads the
@@ -34,7 +34,7 @@ async def run(spec: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
     index = spec["index"]
     settings = load_settings(spec)
-    segment = SharedSegment.attach(spec["segment"])
+    segment = SharedSegment.attach_fd(spec["segment_fd"])
     sock = socket.socket(fileno=spec["listen_fd"])
     server = Server(settings, sock=sock, segment=segment, worker=index, wake_fds=spec["wake_fds"])
     stop = asyncio.Event()
