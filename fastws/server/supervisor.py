@@ -86,6 +86,9 @@ class Supervisor:
         if flags is not None:
             segment.plane.write_flags(replace(flags, source="config"))
         wake_fds = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(self.workers)]
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload(segment)))
         host, port = sock.getsockname()[:2]
         netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         log.info("fastws %s (core: %s, workers: %d)", __version__, IMPLEMENTATION, self.workers)
@@ -93,9 +96,6 @@ class Supervisor:
         log.info("REST http://%s/api/websocket (status: http://%s/api/websocket/status)", netloc, netloc)
         if settings.legacy_url:
             log.info("legacy endpoint %s", settings.legacy_url)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload(segment)))
         spec = {
             "segment_fd": segment.fd,
             "listen_fd": sock.fileno(),
@@ -114,18 +114,19 @@ class Supervisor:
             for process in self.processes.values():
                 if process.returncode is None:
                     process.send_signal(signal.SIGTERM)
-            deadline = settings.drain_timeout + 5.0
+            # Each keeper returns once its worker has exited (one being started
+            # right now is told to stop as soon as it exists).
             try:
-                await asyncio.wait_for(asyncio.gather(*(p.wait() for p in self.processes.values())), deadline)
+                await asyncio.wait_for(asyncio.gather(*keepers, return_exceptions=True), settings.drain_timeout + 5.0)
             except asyncio.TimeoutError:
                 for process in self.processes.values():
                     if process.returncode is None:
                         log.warning("worker pid %d did not stop in time: killing it", process.pid)
                         process.kill()
                 await asyncio.gather(*(p.wait() for p in self.processes.values()))
-            for keeper in keepers:
-                keeper.cancel()
-            await asyncio.gather(*keepers, return_exceptions=True)
+                for keeper in keepers:
+                    keeper.cancel()
+                await asyncio.gather(*keepers, return_exceptions=True)
             sock.close()
             for fd in wake_fds:
                 os.close(fd)
@@ -144,6 +145,8 @@ class Supervisor:
                 pass_fds=fds,
             )
             self.processes[index] = process
+            if self.stopping:
+                process.send_signal(signal.SIGTERM)
             started = loop.time()
             code = await process.wait()
             if self.stopping:
@@ -152,7 +155,11 @@ class Supervisor:
             if loop.time() - started > HEALTHY_AFTER:
                 backoff = BACKOFF_START
             log.warning("worker %d (pid %d) exited with %s; starting it again in %.1f s", index, process.pid, code, backoff)
-            await asyncio.sleep(backoff)
+            try:
+                await asyncio.wait_for(self._stop.wait(), backoff)
+                return  # stopping: no new worker
+            except asyncio.TimeoutError:
+                pass
             backoff = min(backoff * 2, BACKOFF_MAX)
             restarts += 1
 

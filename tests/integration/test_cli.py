@@ -32,8 +32,13 @@ async def start(*args: str, env: dict[str, str] | None = None) -> tuple[asyncio.
 
 
 async def finish(process: asyncio.subprocess.Process, lines: list[bytes]) -> str:
-    rest = await asyncio.wait_for(process.stderr.read(), 30)
-    await asyncio.wait_for(process.wait(), 30)
+    try:
+        rest = await asyncio.wait_for(process.stderr.read(), 30)
+        await asyncio.wait_for(process.wait(), 30)
+    finally:
+        if process.returncode is None:  # never leave a server behind, even when the test fails
+            process.kill()
+            await process.wait()
     return (b"".join(lines) + rest).decode()
 
 
