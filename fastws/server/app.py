@@ -44,8 +44,11 @@ class Server:
         segment: SharedSegment | None = None,
         worker: int = 0,
         wake_fds: list[int] | None = None,
+        echo: bool = False,
     ) -> None:
         self.settings = settings or Settings()
+        #: tests only (the Autobahn conformance run): WebSocket messages are echoed, not interpreted
+        self.echo = echo
         self.debug = logging.getLogger("fastws").isEnabledFor(logging.DEBUG)
         self.hub = Hub(self.settings.limits, debug=self.debug, worker=worker)
         self.control = WorkerControl(self, segment, worker, wake_fds)

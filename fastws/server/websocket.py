@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from .. import codes
+from ..core import frame_text
 from ..exceptions import ConnectionClosedError
 from ..messages import Filters
 
@@ -32,6 +33,11 @@ _BINARY = WSMsgType.BINARY
 _CLOSE = WSMsgType.CLOSE
 _PING = WSMsgType.PING
 _PONG = WSMsgType.PONG
+
+
+def frame_binary(payload: bytes) -> bytes:
+    """A server binary frame (used only by the test echo mode)."""
+    return b"\x82" + frame_text(payload)[1:]
 
 
 def valid_close_code(code: int) -> bool:
@@ -63,6 +69,7 @@ class Connection(WSListener):
         self._pending: list[bytes] | None = None
         self._fragments: bytearray | None = None
         self._fragments_binary = False
+        self._fragments_size = 0
         self._closing = False
         self.paused = False
 
@@ -73,8 +80,9 @@ class Connection(WSListener):
         underlying = transport.underlying_transport
         self._write = underlying.write
         self._write_buffer_size = underlying.get_write_buffer_size
-        filters, since, epoch = self._connect_options
-        self.session = self.server.hub.connect(self, self.tenant_id, self.user_id, filters, since, epoch)
+        if not self.server.echo:  # the echo mode (tests) has no session and sends no welcome
+            filters, since, epoch = self._connect_options
+            self.session = self.server.hub.connect(self, self.tenant_id, self.user_id, filters, since, epoch)
         self.server.connections.add(self)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
@@ -117,19 +125,25 @@ class Connection(WSListener):
                 self._receive(frame.get_payload_as_memoryview())
             else:
                 self._fragments = bytearray(frame.get_payload_as_memoryview())
+                self._fragments_size = frame.payload_size
                 self._fragments_binary = False
         elif msg_type == _CONTINUATION:
             fragments = self._fragments
             if fragments is None:
                 raise ConnectionClosedError(codes.PROTOCOL_ERROR, "continuation without a message")
-            if len(fragments) + frame.payload_size > limit:
+            self._fragments_size += frame.payload_size
+            if self._fragments_size > limit:
                 raise ConnectionClosedError(codes.MESSAGE_TOO_BIG, f"message over {limit} bytes")
-            fragments += frame.get_payload_as_memoryview()
+            if not self._fragments_binary or self.server.echo:
+                fragments += frame.get_payload_as_memoryview()
             if frame.fin:
                 self._fragments = None
                 if self._fragments_binary:
-                    raise ConnectionClosedError(codes.UNSUPPORTED_DATA, "binary messages are not supported")
-                self._receive(fragments)
+                    if not self.server.echo:
+                        raise ConnectionClosedError(codes.UNSUPPORTED_DATA, "binary messages are not supported")
+                    self.send(frame_binary(bytes(fragments)))
+                else:
+                    self._receive(fragments)
         elif msg_type == _CLOSE:
             self._on_close_frame(frame)
         elif msg_type == _PING or msg_type == _PONG:
@@ -141,16 +155,33 @@ class Connection(WSListener):
         elif msg_type == _BINARY:
             if self._fragments is not None:
                 raise ConnectionClosedError(codes.PROTOCOL_ERROR, "new message before the last one finished")
-            if frame.fin:
+            if frame.payload_size > limit:
+                raise ConnectionClosedError(codes.MESSAGE_TOO_BIG, f"message over {limit} bytes")
+            if self.server.echo:
+                if frame.fin:
+                    self.send(frame_binary(frame.get_payload_as_bytes()))
+                    return
+                self._fragments = bytearray(frame.get_payload_as_memoryview())
+            elif frame.fin:
                 raise ConnectionClosedError(codes.UNSUPPORTED_DATA, "binary messages are not supported")
-            # Wait for the end of the message (so a fragmented binary message is
-            # still refused with 1003), but keep nothing of it.
-            self._fragments = bytearray()
+            else:
+                # Wait for the end of the message (so a fragmented binary message
+                # is still refused with 1003), counting but keeping nothing of it.
+                self._fragments = bytearray()
+            self._fragments_size = frame.payload_size
             self._fragments_binary = True
         else:
             raise ConnectionClosedError(codes.PROTOCOL_ERROR, "unknown opcode")
 
     def _receive(self, data: bytes | bytearray | memoryview) -> None:
+        if self.server.echo:
+            payload = bytes(data)
+            try:
+                payload.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ConnectionClosedError(codes.INVALID_PAYLOAD, "text message is not valid UTF-8") from None
+            self.send(frame_text(payload))
+            return
         session = self.session
         assert session is not None
         session.receive(data)
@@ -168,7 +199,7 @@ class Connection(WSListener):
                 payload[2:].decode("utf-8")
             except UnicodeDecodeError:
                 raise ConnectionClosedError(codes.INVALID_PAYLOAD, "close reason is not UTF-8") from None
-        self.close(code if code in (codes.NORMAL_CLOSURE, codes.GOING_AWAY) else codes.NORMAL_CLOSURE, "")
+        self.close(code, "")  # echo the peer's (valid) code, as RFC 6455 5.5.1 suggests
 
     # -- Sink -------------------------------------------------------------------------
 
