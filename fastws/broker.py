@@ -168,7 +168,7 @@ class _Replica:
         self.last_global = 0
 
 
-OnEvent = Callable[[str, str, str, int, str, "str | None", bytes, float], None]
+OnEvent = Callable[[str, str, str, int, str, "str | None", bytes, int, float], None]
 
 
 class SharedBroker:
@@ -248,7 +248,7 @@ class SharedBroker:
             while len(replica.positions) > self.max_events or replica.nbytes > self.max_bytes:
                 replica.nbytes -= replica.positions.popleft()[2]
             if deliver and worker != self.worker:
-                self.on_event(channel, event_type, source, priority, publisher, target, body, published_at)
+                self.on_event(channel, event_type, source, priority, publisher, target, body, offset, published_at)
         elif kind == START:
             if channel not in self._streams or self._streams[channel].epoch != epoch:
                 self._streams.pop(channel, None)

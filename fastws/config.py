@@ -34,7 +34,8 @@ class Limits:
     max_subscriptions: int = 256
     #: events in one REST batch publish (batch_too_large)
     max_batch: int = 1000
-    #: bytes queued for one connection before it is closed as a slow consumer (4008)
+    #: bytes of events waiting for a slow connection; past it events are dropped by priority,
+    #: and a connection that cannot take its critical events is closed (4008)
     max_send_buffer: int = 16 * MIB
     #: distinct event types and sources remembered per tenant for GET /api/websocket
     max_tracked_names: int = 256
@@ -70,6 +71,10 @@ class Settings:
     ping_interval: float = 20.0
     #: seconds to wait for the pong before closing with 1001
     ping_timeout: float = 20.0
+    #: bytes a connection's transport buffers before it pushes back (then events wait in the backlog)
+    write_buffer_high: int = 256 * 1024
+    #: SO_SNDBUF of WebSocket sockets in bytes (0: the OS default)
+    socket_send_buffer: int = 0
     #: seconds given to clients to close on shutdown before their sockets are dropped
     drain_timeout: float = 5.0
     limits: Limits = field(default_factory=Limits)
@@ -85,6 +90,8 @@ class Settings:
         "ping_interval": "FASTWS_PING_INTERVAL",
         "ping_timeout": "FASTWS_PING_TIMEOUT",
         "drain_timeout": "FASTWS_DRAIN_TIMEOUT",
+        "write_buffer_high": "FASTWS_WRITE_BUFFER_HIGH",
+        "socket_send_buffer": "FASTWS_SOCKET_SEND_BUFFER",
         "max_message_size": "FASTWS_MAX_MESSAGE_SIZE",
         "max_body_size": "FASTWS_MAX_BODY_SIZE",
         "max_header_size": "FASTWS_MAX_HEADER_SIZE",

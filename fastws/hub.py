@@ -78,6 +78,8 @@ class Metrics:
     bytes_sent: int = 0
     #: recoveries answered with replayed history
     events_replayed: int = 0
+    #: events dropped for slow connections, by priority rank (low, normal, high, critical)
+    drops: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
     errors: int = 0
     #: unix time of the last connection or event
     last_activity: float = 0.0
@@ -161,7 +163,7 @@ class Hub:
             new_event_id(), "connection", data, utc_timestamp(), "system", "normal", tenant_id, user_id, channel
         )
         session.send_json(welcome)
-        self.replay(session, records, None)
+        self.replay(session, channel, records, None)
         if self.debug:
             log.debug("connected %r%s", session, "" if since is None else f" resuming after {since}")
         return session
@@ -228,9 +230,9 @@ class Hub:
             return
         recovered, stream_epoch, offset, records = self.broker.recover(name, epoch, since)
         session.send_json(encode_ack(ref, channel=name, epoch=stream_epoch, offset=offset, recovered=recovered))
-        self.replay(session, records, event_types)
+        self.replay(session, name, records, event_types)
 
-    def replay(self, session: Session, records: list, event_types: frozenset[str] | None) -> None:
+    def replay(self, session: Session, channel: str, records: list, event_types: frozenset[str] | None) -> None:
         """Send a session the history records that it would have received live."""
         if not records:
             return
@@ -238,8 +240,8 @@ class Hub:
         f_types, f_sources, f_users = filters.event_types, filters.sources, filters.users
         f_priorities = {PRIORITIES[name] for name in filters.priorities}
         user_id = session.user_id
-        send = session.sink.send
-        for _, event_type, source, priority, publisher, target, frame in records:
+        send = session.sink.send_event
+        for offset, event_type, source, priority, publisher, target, frame in records:
             if (
                 (target is not None and target != user_id)
                 or (event_types and event_type not in event_types)
@@ -249,7 +251,7 @@ class Hub:
                 or (f_users and publisher not in f_users)
             ):
                 continue
-            send(frame)
+            send(frame, priority, channel, offset)
         self.metrics.events_replayed += 1
 
     def unsubscribe(self, session: Session, channel: object, ref: Any = None) -> str:
@@ -354,17 +356,20 @@ class Hub:
         if ack_to is not None:
             ack_to.send_json(encode_ack(ref, id=event.id, offset=offset))
         self.metrics.events_published += 1
-        self.fan_out(event.channel, event.event_type, event.source, event.priority, event.publisher, event.target_user, frame)
+        self.fan_out(
+            event.channel, event.event_type, event.source, event.priority, event.publisher, event.target_user, frame, offset
+        )
         return offset
 
     def fan_out(
-        self, channel: str, event_type: str, source: str, priority: int, publisher: str, target: str | None, frame: bytes
+        self, channel: str, event_type: str, source: str, priority: int, publisher: str, target: str | None,
+        frame: bytes, offset: int,
     ) -> int:
         """Hand a numbered event's frame to every matching local connection (events of any worker)."""
         matched = self.matcher.match(channel, event_type, source, priority, publisher, target)
         sessions = self._sessions
         for number in matched:
-            sessions[number].sink.send(frame)
+            sessions[number].sink.send_event(frame, priority, channel, offset)
         metrics = self.metrics
         metrics.events_sent += len(matched)
         metrics.last_activity = time.time()

@@ -66,7 +66,7 @@ COMMANDS: Final = frozenset({"filters", "subscribe", "unsubscribe", "publish", "
 #: commands, the server's own event and reply types, and names kept for
 #: commands to come
 RESERVED_TYPES: Final = COMMANDS | frozenset(
-    {"connection", "ack", "error", "pong", "refresh", "auth", "history", "presence", "system", "disconnect"}
+    {"connection", "ack", "error", "pong", "missed", "refresh", "auth", "history", "presence", "system", "disconnect"}
 )
 
 _MAX_FILTER_ITEMS: Final = 64

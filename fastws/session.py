@@ -48,7 +48,10 @@ class Sink(Protocol):
     """Where a session's outgoing frames go."""
 
     def send(self, frame: bytes) -> None:
-        """Queue a complete WebSocket frame for this connection."""
+        """Queue a complete WebSocket frame (a reply or notice: never dropped) for this connection."""
+
+    def send_event(self, frame: bytes, priority: int, channel: str, offset: int) -> None:
+        """Queue an event's frame; a slow connection may drop it, lowest priority first."""
 
     def close(self, close_code: int, reason: str) -> None:
         """Flush what is queued, send a close frame, and end the connection."""

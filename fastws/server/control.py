@@ -128,9 +128,9 @@ class WorkerControl:
 
     def _on_remote_event(
         self, channel: str, event_type: str, source: str, priority: int, publisher: str,
-        target: str | None, frame: bytes, published_at: float,
+        target: str | None, frame: bytes, offset: int, published_at: float,
     ) -> None:
-        self.server.hub.fan_out(channel, event_type, source, priority, publisher, target, frame)
+        self.server.hub.fan_out(channel, event_type, source, priority, publisher, target, frame, offset)
         micros = max(0.0, (time.monotonic() - published_at) * 1e6)
         self.latency[min(LATENCY_BUCKETS - 1, int(micros).bit_length())] += 1
 
@@ -189,6 +189,7 @@ class WorkerControl:
             events_sent=metrics.events_sent,
             bytes_in=metrics.bytes_received,
             bytes_out=metrics.bytes_sent,
+            drops=list(metrics.drops),
             latency=list(self.latency),
             bus_position=broker.position_applied if broker is not None else 0,
             commands=list(broker.command_results) if broker is not None else [],

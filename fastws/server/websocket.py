@@ -9,8 +9,13 @@ written once per loop iteration, all of a connection's frames in one write.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
+from collections import deque
 from typing import TYPE_CHECKING
+
+import orjson
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
@@ -33,6 +38,8 @@ _BINARY = WSMsgType.BINARY
 _CLOSE = WSMsgType.CLOSE
 _PING = WSMsgType.PING
 _PONG = WSMsgType.PONG
+# the priority given to replies and notices in the backlog: above critical, never dropped
+_NEVER_DROP = 4
 
 
 def frame_binary(payload: bytes) -> bytes:
@@ -71,6 +78,11 @@ class Connection(WSListener):
         self._fragments_binary = False
         self._fragments_size = 0
         self._closing = False
+        # backpressure: (frame, priority, channel, offset) waiting for the transport, and
+        # per channel [first, last, count] of events dropped since the client was last told
+        self._backlog: deque[tuple[bytes, int, str, int]] = deque()
+        self._backlog_bytes = 0
+        self._missed: dict[str, list[int]] = {}
         self.paused = False
 
     # -- picows callbacks ------------------------------------------------------------
@@ -78,6 +90,12 @@ class Connection(WSListener):
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
         underlying = transport.underlying_transport
+        settings = self.server.settings
+        underlying.set_write_buffer_limits(high=settings.write_buffer_high, low=settings.write_buffer_high // 4)
+        if settings.socket_send_buffer:
+            sock = underlying.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_send_buffer)
         self._write = underlying.write
         self._write_buffer_size = underlying.get_write_buffer_size
         if not self.server.echo:  # the echo mode (tests) has no session and sends no welcome
@@ -102,12 +120,6 @@ class Connection(WSListener):
             if self.server.debug:
                 log.debug("closing %s: %s", self.session and self.session.connection_id, exc)
             self.close(exc.close_code, exc.reason)
-
-    def pause_writing(self) -> None:
-        self.paused = True
-
-    def resume_writing(self) -> None:
-        self.paused = False
 
     # -- frames ---------------------------------------------------------------------
 
@@ -202,9 +214,36 @@ class Connection(WSListener):
         self.close(code, "")  # echo the peer's (valid) code, as RFC 6455 5.5.1 suggests
 
     # -- Sink -------------------------------------------------------------------------
+    #
+    # While the transport takes data, frames queued in one loop iteration go out
+    # in one write. When it pushes back (pause_writing: the kernel's and the
+    # transport's buffers are full), frames wait in a backlog holding references
+    # to the shared frames, bounded by max_send_buffer bytes; past it, events are
+    # dropped lowest priority first (low, normal, high), oldest first. Critical
+    # events and replies are never dropped: when they alone overflow it, the
+    # connection is closed with 4008. Once the transport drains, the client is
+    # first told what it missed (a "missed" message with, per channel, the first
+    # and last offset dropped), so it can recover them from history.
 
     def send(self, frame: bytes) -> None:
-        """Queue a frame; all frames queued in one loop iteration go out in one write."""
+        """Queue a reply or notice (never dropped)."""
+        if self.paused:
+            self._backlog_add(frame, _NEVER_DROP, "", 0)
+            return
+        pending = self._pending
+        if pending is None:
+            if self._closing:
+                return
+            self._pending = [frame]
+            self.server.schedule_flush(self)
+        else:
+            pending.append(frame)
+
+    def send_event(self, frame: bytes, priority: int, channel: str, offset: int) -> None:
+        """Queue an event; under backpressure it may be dropped by priority."""
+        if self.paused:
+            self._backlog_add(frame, priority, channel, offset)
+            return
         pending = self._pending
         if pending is None:
             if self._closing:
@@ -226,8 +265,59 @@ class Connection(WSListener):
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         self._write(data)  # type: ignore[misc]
         self.server.hub.metrics.bytes_sent += len(data)
-        if self._write_buffer_size() > self.server.settings.limits.max_send_buffer:  # type: ignore[misc]
-            self.close(codes.SLOW_CONSUMER, "slow consumer: send buffer full")
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self._closing:
+            return
+        backlog = self._backlog
+        self._backlog = deque()
+        self._backlog_bytes = 0
+        if self._missed:
+            self.send(frame_text(orjson.dumps({"type": "missed", "count": sum(m[2] for m in self._missed.values()),
+                                               "channels": {ch: {"first": m[0], "last": m[1], "count": m[2]}
+                                                            for ch, m in self._missed.items()}})))
+            self._missed = {}
+        for frame, _, _, _ in backlog:
+            self.send(frame)
+
+    def _backlog_add(self, frame: bytes, priority: int, channel: str, offset: int) -> None:
+        if self._closing:
+            return
+        self._backlog.append((frame, priority, channel, offset))
+        self._backlog_bytes += len(frame)
+        if self._backlog_bytes > self.server.settings.limits.max_send_buffer:
+            self._shed()
+
+    def _shed(self) -> None:
+        """Drop events, lowest priority and oldest first, until the backlog fits; close if it cannot."""
+        limit = self.server.settings.limits.max_send_buffer
+        drops = self.server.hub.metrics.drops
+        for priority in (0, 1, 2):
+            if self._backlog_bytes <= limit:
+                return
+            kept: deque = deque()
+            for entry in self._backlog:
+                frame, entry_priority, channel, offset = entry
+                if entry_priority == priority and self._backlog_bytes > limit:
+                    self._backlog_bytes -= len(frame)
+                    drops[priority] += 1
+                    missed = self._missed.get(channel)
+                    if missed is None:
+                        self._missed[channel] = [offset, offset, 1]
+                    else:
+                        missed[0] = min(missed[0], offset)
+                        missed[1] = max(missed[1], offset)
+                        missed[2] += 1
+                else:
+                    kept.append(entry)
+            self._backlog = kept
+        if self._backlog_bytes > limit:
+            drops[3] += sum(1 for entry in self._backlog if entry[1] == 3)
+            self.close(codes.SLOW_CONSUMER, "slow consumer: critical events could not be delivered")
 
     def close(self, close_code: int, reason: str) -> None:
         """Flush queued frames, send a close frame and end the connection (idempotent)."""
@@ -240,6 +330,12 @@ class Connection(WSListener):
             self.flush()
         self._closing = True
         self._pending = None
+        self._backlog = deque()
         transport.send_close(WSCloseCode(close_code), codes.close_reason(reason))
-        # A slow consumer's queue is dropped, not drained.
-        transport.disconnect(graceful=close_code != codes.SLOW_CONSUMER)
+        transport.disconnect(graceful=True)
+        if close_code == codes.SLOW_CONSUMER:
+            # Its backlog is dropped; what the transport already holds (and the close
+            # frame behind it) gets drain_timeout to go out, then the socket is dropped.
+            asyncio.get_running_loop().call_later(
+                self.server.settings.drain_timeout, transport.disconnect, False
+            )

@@ -19,7 +19,7 @@ class Worker:
         )
         self.broker.start()
 
-    def _on_event(self, channel, event_type, source, priority, publisher, target, frame, published_at):
+    def _on_event(self, channel, event_type, source, priority, publisher, target, frame, offset, published_at):
         self.delivered.append((channel, event_type, frame))
 
     def _on_command(self, body: bytes) -> int:

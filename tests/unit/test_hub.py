@@ -29,6 +29,9 @@ class ListSink:
     def send(self, frame: bytes) -> None:
         self.frames.append(frame)
 
+    def send_event(self, frame: bytes, priority: int, channel: str, offset: int) -> None:
+        self.frames.append(frame)
+
     def close(self, close_code: int, reason: str) -> None:
         self.closed = (close_code, reason)
 
