@@ -41,6 +41,8 @@ TRY_AGAIN_LATER: Final = 1013
 SLOW_CONSUMER: Final = 4008
 DISCONNECTED_BY_ADMIN: Final = 4001
 ROLLED_BACK_CLOSE: Final = 4002
+RATE_LIMITED_CLOSE: Final = 4029
+TOKEN_EXPIRED_CLOSE: Final = 4101
 
 CLOSE_CODES: Final[dict[int, str]] = {
     NORMAL_CLOSURE: "normal closure",
@@ -55,6 +57,8 @@ CLOSE_CODES: Final[dict[int, str]] = {
     DISCONNECTED_BY_ADMIN: "disconnected by an administrator",
     ROLLED_BACK_CLOSE: "websocket_v2 was turned off for the tenant: reconnect to the legacy URL (in the reason)",
     SLOW_CONSUMER: "the connection could not keep up with its events",
+    RATE_LIMITED_CLOSE: "sustained publishing over the rate limit",
+    TOKEN_EXPIRED_CLOSE: "the connection's token expired and was not refreshed",
 }
 
 # Close reasons travel in a control frame: at most 125 bytes, 2 of them for
@@ -100,6 +104,12 @@ UPGRADE_REQUIRED: Final = "upgrade_required"
 INTERNAL: Final = "internal_error"
 SERVICE_UNAVAILABLE: Final = "service_unavailable"
 ROLLED_BACK: Final = "rolled_back"
+UNAUTHORIZED: Final = "unauthorized"
+TOKEN_EXPIRED: Final = "token_expired"
+FORBIDDEN: Final = "forbidden"
+ORIGIN_NOT_ALLOWED: Final = "origin_not_allowed"
+RATE_LIMITED: Final = "rate_limited"
+TOO_MANY_CONNECTIONS: Final = "too_many_connections"
 
 ERRORS: Final[dict[str, tuple[int, str]]] = {
     INVALID_JSON: (400, "the message or body is not valid JSON"),
@@ -129,6 +139,12 @@ ERRORS: Final[dict[str, tuple[int, str]]] = {
     INTERNAL: (500, "unexpected server error; the details are in the server log"),
     SERVICE_UNAVAILABLE: (503, "the server is shutting down"),
     ROLLED_BACK: (503, "websocket_v2 is off for this tenant: connect to legacy_url"),
+    UNAUTHORIZED: (401, "a valid token is required (Authorization: Bearer, or ?token= on a WebSocket URL)"),
+    TOKEN_EXPIRED: (401, "the token has expired"),
+    FORBIDDEN: (403, "the token does not allow this (another tenant or user, or not an admin token)"),
+    ORIGIN_NOT_ALLOWED: (403, "the browser origin is not in the allow-list"),
+    RATE_LIMITED: (429, "too many publishes or connections: slow down (REST: see Retry-After)"),
+    TOO_MANY_CONNECTIONS: (429, "the tenant or client address has reached its connection limit"),
 }
 
 

@@ -39,6 +39,18 @@ class Limits:
     max_send_buffer: int = 16 * MIB
     #: distinct event types and sources remembered per tenant for GET /api/websocket
     max_tracked_names: int = 256
+    #: publishes per second per connection (and burst): excess is rate_limited
+    publish_rate: int = 20_000
+    publish_burst: int = 20_000
+    #: publishes per second per tenant, per worker, WebSocket and REST together
+    tenant_publish_rate: int = 100_000
+    tenant_publish_burst: int = 100_000
+    #: new connections per second per client address, per worker (429 rate_limited)
+    connect_rate: int = 5_000
+    connect_burst: int = 5_000
+    #: open WebSocket connections per client address and per tenant, over all workers (429)
+    max_connections_per_address: int = 20_000
+    max_connections_per_tenant: int = 100_000
     #: events kept per channel for recovery and GET /api/websocket/history
     history_size: int = 1000
     #: bytes of events kept per channel
@@ -75,6 +87,12 @@ class Settings:
     write_buffer_high: int = 256 * 1024
     #: SO_SNDBUF of WebSocket sockets in bytes (0: the OS default)
     socket_send_buffer: int = 0
+    #: HS256 key for tokens without a kid; empty (and no key file): open development mode
+    jwt_secret: str = field(default="", repr=False)
+    #: JSON file of {"kid": "secret"} for key rotation
+    jwt_keys_file: str = ""
+    #: comma-separated browser origins allowed to open WebSockets (empty: any)
+    allowed_origins: str = ""
     #: seconds given to clients to close on shutdown before their sockets are dropped
     drain_timeout: float = 5.0
     limits: Limits = field(default_factory=Limits)
@@ -92,6 +110,9 @@ class Settings:
         "drain_timeout": "FASTWS_DRAIN_TIMEOUT",
         "write_buffer_high": "FASTWS_WRITE_BUFFER_HIGH",
         "socket_send_buffer": "FASTWS_SOCKET_SEND_BUFFER",
+        "jwt_secret": "FASTWS_JWT_SECRET",
+        "jwt_keys_file": "FASTWS_JWT_KEYS_FILE",
+        "allowed_origins": "FASTWS_ALLOWED_ORIGINS",
         "max_message_size": "FASTWS_MAX_MESSAGE_SIZE",
         "max_body_size": "FASTWS_MAX_BODY_SIZE",
         "max_header_size": "FASTWS_MAX_HEADER_SIZE",
@@ -101,6 +122,14 @@ class Settings:
         "max_tracked_names": "FASTWS_MAX_TRACKED_NAMES",
         "max_idle_tenants": "FASTWS_MAX_IDLE_TENANTS",
         "history_size": "FASTWS_HISTORY_SIZE",
+        "publish_rate": "FASTWS_PUBLISH_RATE",
+        "publish_burst": "FASTWS_PUBLISH_BURST",
+        "tenant_publish_rate": "FASTWS_TENANT_PUBLISH_RATE",
+        "tenant_publish_burst": "FASTWS_TENANT_PUBLISH_BURST",
+        "connect_rate": "FASTWS_CONNECT_RATE",
+        "connect_burst": "FASTWS_CONNECT_BURST",
+        "max_connections_per_address": "FASTWS_MAX_CONNECTIONS_PER_ADDRESS",
+        "max_connections_per_tenant": "FASTWS_MAX_CONNECTIONS_PER_TENANT",
         "history_bytes": "FASTWS_HISTORY_BYTES",
         "history_total_bytes": "FASTWS_HISTORY_TOTAL_BYTES",
     }

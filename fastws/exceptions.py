@@ -23,13 +23,15 @@ class FastWSError(Exception):
 class ProtocolError(FastWSError):
     """The client's fault: answered with ``code`` (see :mod:`fastws.codes`), the connection stays up."""
 
-    def __init__(self, code: str, message: str | None = None, ref: object = None) -> None:
+    def __init__(self, code: str, message: str | None = None, ref: object = None, retry_after: int | None = None) -> None:
         if code not in codes.ERRORS:
             raise ValueError(f"undocumented error code {code!r}")
         self.code = code
         self.message = message or codes.ERRORS[code][1]
         #: the command's ``ref`` (None when it had none), echoed in the error reply
         self.ref = ref
+        #: seconds a rate-limited client should wait (REST: the Retry-After header)
+        self.retry_after = retry_after
         super().__init__(f"{code}: {self.message}")
 
     @property

@@ -18,7 +18,8 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterator
 
 import orjson
 
@@ -39,6 +40,9 @@ from .messages import (
     utc_timestamp,
 )
 from .session import Session, Sink
+from .limits import TokenBucket
+from .auth import Authenticator
+from .exceptions import ConnectionClosedError
 
 __all__ = ["Hub", "Event", "Metrics", "TenantState"]
 
@@ -94,13 +98,26 @@ class TenantState:
     #: distinct event types and sources seen (bounded by Limits.max_tracked_names)
     event_types: dict[str, None] = field(default_factory=dict)
     sources: dict[str, None] = field(default_factory=dict)
+    #: the tenant's publish rate limit on this worker
+    bucket: TokenBucket | None = None
 
 
 class Hub:
     """The connections of one worker, their subscriptions, and local fan-out."""
 
-    def __init__(self, limits: Limits | None = None, debug: bool = False, worker: int = 0) -> None:
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        debug: bool = False,
+        worker: int = 0,
+        authenticator: Authenticator | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.limits = limits or Limits()
+        #: verifies tokens (refresh); None in open development mode
+        self.authenticator = authenticator
+        #: monotonic seconds, for the rate limits
+        self.clock = clock
         self.matcher = Matcher()
         self.metrics = Metrics()
         #: numbers, keeps and carries events (fastws.broker); in one process, its own History
@@ -125,6 +142,7 @@ class Hub:
         filters: Filters | None = None,
         since: int | None = None,
         epoch: str | None = None,
+        expires_at: float | None = None,
     ) -> Session:
         """Register a new connection, subscribe it to ``tenant:T`` and send its welcome event.
 
@@ -135,6 +153,7 @@ class Hub:
         """
         number = next(self._numbers)
         session = Session(self, sink, number, str(uuid.UUID(bytes=os.urandom(16), version=4)), tenant_id, user_id)
+        session.expires_at = expires_at
         self._sessions[number] = session
         self.matcher.add(number, user_id)
         if filters is not None:
@@ -289,6 +308,55 @@ class Hub:
     def channels_of(self, session: Session) -> list[str]:
         return self.matcher.subscriptions(session.number)
 
+    # -- limits and tokens -----------------------------------------------------------
+
+    def check_publish(self, session: Session, ref: Any = None) -> None:
+        """Take a publish from the connection's and the tenant's buckets, or refuse it.
+
+        Raises ProtocolError(rate_limited); ConnectionClosedError(4029) when the
+        connection has been refused more than its rate allows in a second,
+        within the abuse window.
+        """
+        now = self.clock()
+        if session.bucket.take(now):
+            tenant_bucket = self._tenant_bucket(session.tenant_id, now)
+            if tenant_bucket.take(now):
+                return
+            retry = tenant_bucket.retry_after()
+        else:
+            retry = session.bucket.retry_after()
+        if session.abuse.reject(now):
+            raise ConnectionClosedError(codes.RATE_LIMITED_CLOSE)
+        raise ProtocolError(codes.RATE_LIMITED, f"publish rate limit: retry in {retry} s", ref, retry)
+
+    def take_tenant_publishes(self, tenant_id: str, count: int) -> None:
+        """Take ``count`` publishes (a REST call) from the tenant's bucket, or raise rate_limited."""
+        now = self.clock()
+        bucket = self._tenant_bucket(tenant_id, now)
+        if not bucket.take(now, count):
+            retry = bucket.retry_after(count)
+            raise ProtocolError(codes.RATE_LIMITED, f"tenant publish rate limit: retry in {retry} s", None, retry)
+
+    def _tenant_bucket(self, tenant_id: str, now: float) -> TokenBucket:
+        tenant = self._tenant(tenant_id)
+        if tenant.bucket is None:
+            tenant.bucket = TokenBucket(self.limits.tenant_publish_rate, self.limits.tenant_publish_burst, now)
+        return tenant.bucket
+
+    def refresh(self, session: Session, token: str, ref: Any = None) -> str | None:
+        """Give a connection a new token; the new expiry (ISO-8601), None in open mode."""
+        if self.authenticator is None:
+            return None
+        try:
+            identity = self.authenticator.verify(token)
+        except ProtocolError as exc:
+            exc.ref = ref
+            raise
+        if (identity.tenant_id, identity.user_id) != (session.tenant_id, session.user_id):
+            raise ProtocolError(codes.FORBIDDEN, "the new token is for another tenant or user", ref)
+        session.expires_at = identity.expires_at
+        return _iso(identity.expires_at)
+
     # -- publishing ----------------------------------------------------------------
 
     def prepare(self, tenant_id: str, user_id: str, publish: Publish) -> Event:
@@ -406,3 +474,7 @@ class Hub:
 
     def tenants(self) -> dict[str, TenantState]:
         return self._tenants
+
+
+def _iso(unix_time: float) -> str:
+    return datetime.fromtimestamp(unix_time, timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"

@@ -42,6 +42,7 @@ __all__ = [
     "Unsubscribe",
     "Publish",
     "Ping",
+    "Refresh",
     "Command",
     "decode_command",
     "decode_publish",
@@ -61,7 +62,7 @@ PRIORITIES: Final[dict[str, int]] = {"low": 0, "normal": 1, "high": 2, "critical
 PRIORITY_NAMES: Final[tuple[str, ...]] = ("low", "normal", "high", "critical")
 DEFAULT_PRIORITY: Final = "normal"
 
-COMMANDS: Final = frozenset({"filters", "subscribe", "unsubscribe", "publish", "ping"})
+COMMANDS: Final = frozenset({"filters", "subscribe", "unsubscribe", "publish", "ping", "refresh"})
 #: names a client can never use as a custom type or an event name: the
 #: commands, the server's own event and reply types, and names kept for
 #: commands to come
@@ -133,7 +134,15 @@ class Ping:
     ref: JSON
 
 
-Command = Union[SetFilters, Subscribe, Unsubscribe, Publish, Ping]
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """A new token for the connection (same tenant and user), before the current one expires."""
+
+    ref: JSON
+    token: str
+
+
+Command = Union[SetFilters, Subscribe, Unsubscribe, Publish, Ping, Refresh]
 
 
 def _string_list(value: object, code: str, ref: JSON) -> frozenset[str]:
@@ -277,6 +286,11 @@ def decode_command(data: bytes | memoryview) -> Command:
         return Unsubscribe(ref, channel)
     if kind == "ping":
         return Ping(ref)
+    if kind == "refresh":
+        token = obj.get("token")
+        if type(token) is not str or not 0 < len(token) <= 8192:
+            raise ProtocolError(codes.MISSING_FIELD, "'token' must be the new token", ref)
+        return Refresh(ref, token)
     if kind == "filters":
         return SetFilters(ref, decode_filters(obj.get("filters"), ref))
     if "data" not in obj:

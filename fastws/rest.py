@@ -52,6 +52,8 @@ class Request:
     #: lower-case names; the last value of a repeated header
     headers: dict[str, str]
     body: bytes = b""
+    #: the client's address (for per-address limits); "" when unknown
+    client: str = ""
 
 
 @dataclass(slots=True)

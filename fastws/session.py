@@ -23,10 +23,12 @@ from typing import TYPE_CHECKING, Protocol
 from . import codes
 from .core import frame_text
 from .exceptions import ProtocolError
+from .limits import AbuseMeter, TokenBucket
 from .messages import (
     Filters,
     Ping,
     Publish,
+    Refresh,
     SetFilters,
     Subscribe,
     Unsubscribe,
@@ -60,7 +62,10 @@ class Sink(Protocol):
 class Session:
     """One WebSocket connection's state: identity, filters, and command dispatch."""
 
-    __slots__ = ("hub", "sink", "number", "connection_id", "tenant_id", "user_id", "filters", "closed")
+    __slots__ = (
+        "hub", "sink", "number", "connection_id", "tenant_id", "user_id", "filters", "closed",
+        "bucket", "abuse", "expires_at",
+    )
 
     def __init__(
         self,
@@ -81,6 +86,13 @@ class Session:
         self.user_id = user_id
         self.filters = Filters()
         self.closed = False
+        now = hub.clock()
+        limits = hub.limits
+        #: publishes allowed to this connection, and its rejected ones
+        self.bucket = TokenBucket(limits.publish_rate, limits.publish_burst, now)
+        self.abuse = AbuseMeter(limits.publish_rate, now)
+        #: unix time its token expires (None: open mode); a refresh moves it
+        self.expires_at: float | None = None
 
     def __repr__(self) -> str:
         return f"<Session {self.connection_id} tenant={self.tenant_id} user={self.user_id}>"
@@ -103,6 +115,7 @@ class Session:
 
     def _dispatch(self, command: object) -> None:
         if type(command) is Publish:
+            self.hub.check_publish(self, command.ref)
             event_id = self.hub.publish(self.tenant_id, self.user_id, command, ack_to=self)
             if self.hub.debug:
                 log.debug("%s: published %s", self.connection_id, event_id)
@@ -120,6 +133,10 @@ class Session:
                 self.send_json(encode_ack(command.ref, filters=command.filters.to_json()))
         elif type(command) is Ping:
             self.send_json(encode_pong(command.ref))
+        elif type(command) is Refresh:
+            expires_at = self.hub.refresh(self, command.token, command.ref)
+            if command.ref is not None:
+                self.send_json(encode_ack(command.ref, expiresAt=expires_at))
         else:  # pragma: no cover - decode_command returns only the types above
             raise ProtocolError(codes.UNKNOWN_TYPE)
 

@@ -11,6 +11,13 @@ and every worker), little-endian::
                           (1 on, 2 off), tenant id (64 bytes)
     workers    ROW.size bytes each, max_workers rows: one writer each (its
                           worker); see WorkerStats
+    counters   2 x max_workers x COUNTER_SLOTS u32: open connections per
+                          client address and per tenant, by hash slot, one
+                          array per worker (its only writer); a total is the
+                          sum over workers, and a worker that dies has its
+                          arrays cleared by the supervisor. Keys that share a
+                          slot share a count, which can only make a limit
+                          stricter, never looser.
 
 Flags are written by whichever worker serves a change, under the shared
 lock (fastws.broker), as a seqlock so readers never see half a change.
@@ -21,6 +28,8 @@ row mid-update, which for counters only means a figure a moment old.
 from __future__ import annotations
 
 import struct
+import zlib
+from array import array
 from dataclasses import dataclass, field, fields, replace
 
 from .flags import EXISTING_POLICIES, Flags
@@ -47,6 +56,9 @@ LATENCY_BUCKETS = 16
 COMMAND_SLOTS = 8
 _ROW = struct.Struct("<IBBHdd" + "Q" * 7 + "4Q" + f"{LATENCY_BUCKETS}Q" + "Q" + f"{2 * COMMAND_SLOTS}Q")
 _SOURCES = ("default", "config", "api")
+#: hash slots of the per-address and per-tenant connection counters
+COUNTER_SLOTS = 16384
+COUNTER_KINDS = ("address", "tenant")
 _STATES = ("empty", "starting", "running", "draining")
 
 
@@ -142,10 +154,12 @@ class ControlPlane:
         self.max_overrides = max_overrides
         self._overrides_at = HEADER_SIZE
         self._workers_at = HEADER_SIZE + _OVERRIDE.size * max_overrides
+        counters_at = self._workers_at + _ROW.size * max_workers
+        self._counters = view[counters_at:counters_at + 2 * 4 * COUNTER_SLOTS * max_workers].cast("I")
 
     @staticmethod
     def layout_size(max_workers: int, max_overrides: int) -> int:
-        return HEADER_SIZE + _OVERRIDE.size * max_overrides + _ROW.size * max_workers
+        return HEADER_SIZE + _OVERRIDE.size * max_overrides + _ROW.size * max_workers + 2 * 4 * COUNTER_SLOTS * max_workers
 
     @classmethod
     def create(cls, buffer, max_workers: int = 64, max_overrides: int = 1024, flags: Flags | None = None) -> "ControlPlane":
@@ -202,6 +216,28 @@ class ControlPlane:
     def write_worker(self, worker: int, stats: WorkerStats) -> None:
         at = self._row(worker)
         self._view[at:at + _ROW.size] = pack_worker(stats)
+
+    # -- connection counters --------------------------------------------------------------
+
+    def _counter(self, worker: int, kind: str, key: str) -> int:
+        slot = zlib.crc32(key.encode()) % COUNTER_SLOTS
+        return ((COUNTER_KINDS.index(kind) * self.max_workers) + worker) * COUNTER_SLOTS + slot
+
+    def count(self, worker: int, kind: str, key: str, delta: int) -> None:
+        """Add ``delta`` to this worker's count of open connections for an address or tenant."""
+        index = self._counter(worker, kind, key)
+        self._counters[index] = max(0, self._counters[index] + delta)
+
+    def total(self, kind: str, key: str) -> int:
+        """Open connections for an address or tenant, over every worker."""
+        first = self._counter(0, kind, key)
+        return sum(self._counters[first + worker * COUNTER_SLOTS] for worker in range(self.max_workers))
+
+    def clear_counts(self, worker: int) -> None:
+        """Forget a worker's counts (it died with its connections)."""
+        for kind in range(len(COUNTER_KINDS)):
+            start = (kind * self.max_workers + worker) * COUNTER_SLOTS
+            self._counters[start:start + COUNTER_SLOTS] = array("I", bytes(4 * COUNTER_SLOTS))
 
     def workers(self) -> dict[int, WorkerStats]:
         """Rows of workers that are not empty."""

@@ -22,6 +22,7 @@ from ..exceptions import ProtocolError
 from ..messages import decode_position, decode_query_filters
 from ..hub import Hub
 from ..rest import Request, Response, RestAPI, error_response
+from ..auth import Authenticator, OriginPolicy, bearer_token
 from ..broker import SharedSegment
 from ..control import Flags
 from .control import WorkerControl
@@ -50,7 +51,10 @@ class Server:
         #: tests only (the Autobahn conformance run): WebSocket messages are echoed, not interpreted
         self.echo = echo
         self.debug = logging.getLogger("fastws").isEnabledFor(logging.DEBUG)
-        self.hub = Hub(self.settings.limits, debug=self.debug, worker=worker)
+        #: verifies tokens; None: open development mode
+        self.authenticator = Authenticator.from_settings(self.settings)
+        self.origins = OriginPolicy.from_settings(self.settings)
+        self.hub = Hub(self.settings.limits, debug=self.debug, worker=worker, authenticator=self.authenticator)
         self.control = WorkerControl(self, segment, worker, wake_fds)
         self.rest = RestAPI(self.hub, self.settings, self._state, self.control)
         self.connections: set[Connection] = set()
@@ -82,8 +86,11 @@ class Server:
         return self
 
     def reload(self, settings: Settings) -> None:
-        """Use new settings (limits, timeouts) for what comes next; open connections stay."""
+        """Use new settings (limits, timeouts, keys, origins) for what comes next; open connections stay."""
         self.settings = settings
+        self.authenticator = Authenticator.from_settings(settings)
+        self.hub.authenticator = self.authenticator
+        self.origins = OriginPolicy.from_settings(settings)
         self.hub.limits = settings.limits
         self.rest.settings = settings
         self.hub.broker.max_events = settings.limits.history_size
@@ -139,11 +146,29 @@ class Server:
     # -- WebSocket upgrades ---------------------------------------------------------------
 
     def accept_websocket(self, request: Request) -> Connection | Response:
-        """Check an upgrade request to /ws; a listener for picows, or an error response."""
+        """Check an upgrade request to /ws; a listener for picows, or an error response.
+
+        In order: the browser origin, the token (or, in open mode, the ids in
+        the query), the position and filters, the websocket_v2 flag, the
+        address's connect rate, the address's and the tenant's connections.
+        """
         query = request.query
+        if not self.origins.allows(request.headers.get("origin")):
+            return error_response(codes.ORIGIN_NOT_ALLOWED)
+        expires_at = None
         try:
-            tenant_id = validate_tenant_id(query.get("tenant_id"))
-            user_id = validate_user_id(query.get("user_id"))
+            if self.authenticator is not None:
+                token = bearer_token(request.headers.get("authorization"), query.get("token"))
+                if token is None:
+                    raise ProtocolError(codes.UNAUTHORIZED)
+                identity = self.authenticator.verify(token)
+                for name, value in (("tenant_id", identity.tenant_id), ("user_id", identity.user_id)):
+                    if query.get(name) not in (None, value):
+                        raise ProtocolError(codes.FORBIDDEN, f"'{name}' disagrees with the token")
+                tenant_id, user_id, expires_at = identity.tenant_id, identity.user_id, identity.expires_at
+            else:
+                tenant_id = validate_tenant_id(query.get("tenant_id"))
+                user_id = validate_user_id(query.get("user_id"))
             filters = decode_query_filters(query)
             since = query.get("since")
             if since is not None:
@@ -157,7 +182,10 @@ class Server:
             return error_response(
                 codes.ROLLED_BACK, extra={"legacy_url": self.settings.legacy_url or None}
             )
-        return Connection(self, tenant_id, user_id, filters, since, epoch)
+        refused = self.control.admit(request.client, tenant_id)
+        if refused is not None:
+            return refused
+        return Connection(self, tenant_id, user_id, filters, since, epoch, request.client, expires_at)
 
     # -- operations -----------------------------------------------------------------------
 
@@ -203,6 +231,16 @@ class Server:
                 connection.close(codes.INTERNAL_ERROR, "internal error")
 
 
+def log_auth_mode(server: Server) -> None:
+    if server.authenticator is None:
+        log.warning(
+            "authentication: OPEN development mode (no FASTWS_JWT_SECRET or key file): "
+            "tenant and user ids are trusted as sent"
+        )
+    else:
+        log.info("authentication: HS256 tokens required")
+
+
 def _netloc(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -216,6 +254,7 @@ async def serve(settings: Settings, ready: "asyncio.Future[Server] | None" = Non
     server = Server(settings)
     await server.start()
     log.info("fastws %s (core: %s, loop: %s)", __version__, IMPLEMENTATION, type(loop).__module__.split(".")[0])
+    log_auth_mode(server)
     log.info("WebSocket %s?tenant_id=..&user_id=..", server.ws_url)
     log.info("REST %s/api/websocket (status: %s/api/websocket/status)", server.http_url, server.http_url)
     if settings.legacy_url:

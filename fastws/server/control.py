@@ -23,6 +23,8 @@ import orjson
 from .. import codes
 from ..broker import SharedBroker, SharedSegment
 from ..control import ControlPlane, Flags, LATENCY_BUCKETS, WorkerStats, v2_enabled_for
+from ..limits import TokenBucket
+from ..rest import Response, error_response
 
 if TYPE_CHECKING:
     from .app import Server
@@ -65,6 +67,8 @@ class WorkerControl:
         self._notify_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ticks = 0
+        # per client address: new connections allowed (this worker)
+        self._connect_buckets: dict[str, TokenBucket] = {}
 
     @property
     def shared(self) -> bool:
@@ -171,6 +175,36 @@ class WorkerControl:
 
     def v2_enabled(self, tenant_id: str) -> bool:
         return v2_enabled_for(self.flags, tenant_id)
+
+    # -- connection limits ---------------------------------------------------------------------
+
+    def admit(self, address: str, tenant_id: str) -> Response | None:
+        """None if a new connection from ``address`` for ``tenant_id`` is within the limits, else the refusal."""
+        limits = self.server.settings.limits
+        now = time.monotonic()
+        bucket = self._connect_buckets.get(address)
+        if bucket is None:
+            if len(self._connect_buckets) >= 65536:
+                self._connect_buckets.clear()  # bounded: forget old addresses (they start with a full bucket)
+            bucket = self._connect_buckets[address] = TokenBucket(limits.connect_rate, limits.connect_burst, now)
+        if not bucket.take(now):
+            retry = str(bucket.retry_after()).encode()
+            return error_response(codes.RATE_LIMITED, "connect rate limit", [(b"Retry-After", retry)])
+        if address and self.plane.total("address", address) >= limits.max_connections_per_address:
+            return error_response(codes.TOO_MANY_CONNECTIONS, "connection limit of this address")
+        if self.plane.total("tenant", tenant_id) >= limits.max_connections_per_tenant:
+            return error_response(codes.TOO_MANY_CONNECTIONS, "connection limit of this tenant")
+        return None
+
+    def connection_opened(self, address: str, tenant_id: str) -> None:
+        if address:
+            self.plane.count(self.worker, "address", address, +1)
+        self.plane.count(self.worker, "tenant", tenant_id, +1)
+
+    def connection_closed(self, address: str, tenant_id: str) -> None:
+        if address:
+            self.plane.count(self.worker, "address", address, -1)
+        self.plane.count(self.worker, "tenant", tenant_id, -1)
 
     # -- counters ----------------------------------------------------------------------------
 

@@ -209,7 +209,9 @@ class HttpProtocol(asyncio.Protocol):
             for key, value in parse_qsl(url.query.decode("latin-1"), keep_blank_values=True):
                 query.setdefault(key, value)
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in self._headers}
-        return Request(self.parser.get_method().decode("ascii"), path, query, headers, b"".join(self._body))
+        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+        client = peer[0] if isinstance(peer, tuple) and peer else ""
+        return Request(self.parser.get_method().decode("ascii"), path, query, headers, b"".join(self._body), client)
 
     def _respond(self, response: Response, close: bool, head: bool = False) -> None:
         transport = self.transport

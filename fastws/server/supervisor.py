@@ -152,6 +152,7 @@ class Supervisor:
             if self.stopping:
                 return
             segment.plane.write_worker(index, WorkerStats(state="starting", restarts=restarts + 1))
+            segment.plane.clear_counts(index)  # its connections died with it
             if loop.time() - started > HEALTHY_AFTER:
                 backoff = BACKOFF_START
             log.warning("worker %d (pid %d) exited with %s; starting it again in %.1f s", index, process.pid, code, backoff)

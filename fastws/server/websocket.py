@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -63,8 +64,13 @@ class Connection(WSListener):
         filters: Filters | None = None,
         since: int | None = None,
         epoch: str | None = None,
+        address: str = "",
+        expires_at: float | None = None,
     ) -> None:
         self.server = server
+        self.address = address
+        self.expires_at = expires_at
+        self._expiry_timer: asyncio.TimerHandle | None = None
         self.tenant_id = tenant_id
         self.user_id = user_id
         # what the connect URL asked for, applied when the handshake completes
@@ -100,7 +106,12 @@ class Connection(WSListener):
         self._write_buffer_size = underlying.get_write_buffer_size
         if not self.server.echo:  # the echo mode (tests) has no session and sends no welcome
             filters, since, epoch = self._connect_options
-            self.session = self.server.hub.connect(self, self.tenant_id, self.user_id, filters, since, epoch)
+            self.session = self.server.hub.connect(
+                self, self.tenant_id, self.user_id, filters, since, epoch, self.expires_at
+            )
+            self.server.control.connection_opened(self.address, self.tenant_id)
+            if self.expires_at is not None:
+                self._arm_expiry(self.expires_at)
         self.server.connections.add(self)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
@@ -108,8 +119,26 @@ class Connection(WSListener):
         self._pending = None
         self._fragments = None
         self.server.connections.discard(self)
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
         if self.session is not None:
             self.server.hub.disconnect(self.session)
+            self.server.control.connection_closed(self.address, self.tenant_id)
+
+    def _arm_expiry(self, expires_at: float) -> None:
+        delay = max(0.0, expires_at - time.time())
+        self._expiry_timer = asyncio.get_running_loop().call_later(delay, self._on_expiry)
+
+    def _on_expiry(self) -> None:
+        """Close with 4101 when the token has expired, unless a refresh moved the expiry."""
+        self._expiry_timer = None
+        session = self.session
+        if session is None or session.expires_at is None or self._closing:
+            return
+        if time.time() >= session.expires_at:
+            self.close(codes.TOKEN_EXPIRED_CLOSE, "token expired")
+        else:
+            self._arm_expiry(session.expires_at)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if self._closing:

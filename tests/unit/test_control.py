@@ -107,3 +107,17 @@ def test_flag_changes_apply():
     assert (flags.websocket_v2, flags.overrides) == (False, {"a": True, "b": False})
     flags = flags.updated({"tenants": {"a": None}, "rollout_percent": 50}, 10)
     assert (flags.websocket_v2, flags.overrides, flags.rollout_percent) == (False, {"b": False}, 50)
+
+
+def test_connection_counters_sum_over_workers_and_clear():
+    """Per-address and per-tenant counts add up over workers; a dead worker's counts can be cleared."""
+    plane = ControlPlane.create(bytearray(ControlPlane.layout_size(4, 8)), 4, 8)
+    plane.count(0, "address", "10.0.0.1", +3)
+    plane.count(2, "address", "10.0.0.1", +2)
+    plane.count(2, "tenant", "acme", +5)
+    assert plane.total("address", "10.0.0.1") == 5 and plane.total("tenant", "acme") == 5
+    plane.count(0, "address", "10.0.0.1", -1)
+    plane.clear_counts(2)
+    assert plane.total("address", "10.0.0.1") == 2 and plane.total("tenant", "acme") == 0
+    plane.count(1, "tenant", "x", -1)  # never below zero
+    assert plane.total("tenant", "x") == 0
