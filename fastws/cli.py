@@ -79,14 +79,17 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _http(method: str, url: str, body: object = None) -> tuple[int, dict]:
+def _http(method: str, url: str, body: object = None, token: str | None = None) -> tuple[int, dict]:
     """One JSON request to a running server (urllib: no dependency for a CLI call)."""
     import json
     import urllib.error
     import urllib.request
 
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())
@@ -98,7 +101,7 @@ def _flag(args: argparse.Namespace) -> int:
     """fastws flag NAME [VALUE]: read or change the running server's flags."""
     base = args.base_url.rstrip("/")
     if args.name == "show":
-        status, body = _http("GET", f"{base}/api/websocket/status?detailed=true")
+        status, body = _http("GET", f"{base}/api/websocket/status?detailed=true", token=args.token)
         if status != 200:
             print(f"fastws: {status} {body}", file=sys.stderr)
             return 1
@@ -112,7 +115,7 @@ def _flag(args: argparse.Namespace) -> int:
         change = {"existing": args.value}
     else:  # tenant
         change = {"tenants": {args.tenant: None if args.value == "default" else args.value}}
-    status, body = _http("PUT", f"{base}/api/websocket", {"flags": change})
+    status, body = _http("PUT", f"{base}/api/websocket", {"flags": change}, token=args.token)
     if status != 200:
         print(f"fastws: {status} {body.get('error', body)}", file=sys.stderr)
         return 1
@@ -168,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag_commands.add_parser("show", help="print the flags")
     for sub in flag_commands.choices.values():
         sub.add_argument("--base-url", default=default_base, help="the server's HTTP base URL (BASE_URL)")
+        sub.add_argument("--token", default=os.environ.get("FASTWS_TOKEN"), help="an admin token (FASTWS_TOKEN)")
     flag.set_defaults(handler=_flag)
     return parser
 

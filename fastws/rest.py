@@ -33,6 +33,7 @@ from .control import Flags, WorkerStats
 from .core import IMPLEMENTATION
 from .exceptions import ProtocolError
 from .history import payload_of
+from .auth import bearer_token
 from .hub import Event, Hub
 from .messages import decode_publish
 
@@ -65,6 +66,17 @@ class Response:
 
 
 MAX_HISTORY_LIMIT = 1000
+#: answered without a token
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").lower() in ("true", "1", "yes")
+
+
+def _error_of(exc: ProtocolError) -> Response:
+    headers = [(b"Retry-After", str(exc.retry_after).encode())] if exc.retry_after is not None else None
+    return error_response(exc.code, exc.message, headers)
 
 
 def _int_param(query: dict[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -154,9 +166,11 @@ class RestAPI:
             allow = ", ".join(methods).encode()
             return error_response(codes.METHOD_NOT_ALLOWED, f"{request.method[:16]} is not allowed here", [(b"Allow", allow)])
         try:
+            if request.path not in PUBLIC_PATHS and self.hub.authenticator is not None:
+                self._authorize(request)
             response = handler(request)
         except ProtocolError as exc:
-            return error_response(exc.code, exc.message)
+            return _error_of(exc)
         except Exception:
             log.exception("error handling %s %s", request.method, request.path)
             return error_response(codes.INTERNAL)
@@ -164,11 +178,34 @@ class RestAPI:
             return response
         return self._finish(request, response)
 
+    def _authorize(self, request: Request) -> None:
+        """Check the request's token; fill in (or check) X-Tenant-ID and X-User-ID from its claims.
+
+        Admin tokens may name any tenant and user in the headers, and are
+        required to change flags, disconnect, and see detailed status.
+        """
+        token = bearer_token(request.headers.get("authorization"), request.query.get("token"))
+        if token is None:
+            raise ProtocolError(codes.UNAUTHORIZED)
+        identity = self.hub.authenticator.verify(token)  # type: ignore[union-attr]
+        needs_admin = request.method in ("PUT", "DELETE") or (
+            request.path == "/api/websocket/status" and _truthy(request.query.get("detailed"))
+        )
+        if needs_admin and not identity.admin:
+            raise ProtocolError(codes.FORBIDDEN, "an admin token is required")
+        headers = request.headers
+        for name, value in (("x-tenant-id", identity.tenant_id), ("x-user-id", identity.user_id)):
+            given = headers.get(name)
+            if not given:
+                headers[name] = value
+            elif given != value and not identity.admin:
+                raise ProtocolError(codes.FORBIDDEN, f"{name} disagrees with the token")
+
     async def _finish(self, request: Request, pending: Awaitable[Response]) -> Response:
         try:
             return await pending
         except ProtocolError as exc:
-            return error_response(exc.code, exc.message)
+            return _error_of(exc)
         except Exception:
             log.exception("error handling %s %s", request.method, request.path)
             return error_response(codes.INTERNAL)
@@ -308,9 +345,11 @@ class RestAPI:
                 raise ProtocolError(codes.INVALID_FIELD, "the batch is empty")
             # Prepare (check and encode) every item before delivering any.
             events = [self._prepare(tenant_id, user_id, item, index) for index, item in enumerate(body)]
+            hub.take_tenant_publishes(tenant_id, len(events))
             offsets = [hub.deliver(event) for event in events]
             return _ok({"ids": [event.id for event in events], "offsets": offsets})
         event = self._prepare(tenant_id, user_id, body, None)
+        hub.take_tenant_publishes(tenant_id, 1)
         return _ok({"id": event.id, "offset": hub.deliver(event)})
 
     def _prepare(self, tenant_id: str, user_id: str, item: object, index: int | None) -> Event:
@@ -345,7 +384,8 @@ class RestAPI:
             "health": "healthy" if running else "degraded",
             "metrics": self._metrics(),
         }
-        if request.query.get("detailed", "").lower() in ("true", "1", "yes"):
+        websocket["auth"] = "open" if self.hub.authenticator is None else "jwt"
+        if _truthy(request.query.get("detailed")):
             websocket["version"] = __version__
             websocket["implementation"] = IMPLEMENTATION
             websocket["uptime_seconds"] = round(time.time() - self.started_at, 3)

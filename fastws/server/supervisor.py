@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from .. import __version__
+from ..auth import Authenticator
 from ..broker import SharedSegment
 from ..config import Settings, read_config_file
 from ..control import Flags, WorkerStats
@@ -92,6 +93,13 @@ class Supervisor:
         host, port = sock.getsockname()[:2]
         netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         log.info("fastws %s (core: %s, workers: %d)", __version__, IMPLEMENTATION, self.workers)
+        if Authenticator.from_settings(settings) is None:
+            log.warning(
+                "authentication: OPEN development mode (no FASTWS_JWT_SECRET or key file): "
+                "tenant and user ids are trusted as sent"
+            )
+        else:
+            log.info("authentication: HS256 tokens required")
         log.info("WebSocket ws://%s/ws?tenant_id=..&user_id=..", netloc)
         log.info("REST http://%s/api/websocket (status: http://%s/api/websocket/status)", netloc, netloc)
         if settings.legacy_url:
