@@ -298,16 +298,13 @@ class HttpProtocol(asyncio.Protocol):
             None,  # extra_headers (client side only)
             2048,  # read_buffer_init_size: small, grows on demand
         )
-        transport.set_protocol(protocol)
+        guard = CloseGuard(protocol)
+        transport.set_protocol(guard)
         protocol.connection_made(transport)
-        raw = self._raw_request(request.method) + tail
-        offset = 0
-        while offset < len(raw) and not transport.is_closing():
-            buffer = protocol.get_buffer(len(raw) - offset)
-            size = min(len(buffer), len(raw) - offset)
-            buffer[:size] = raw[offset:offset + size]
-            offset += size
-            protocol.buffer_updated(size)
+        # The request goes to picows as it came; what followed it (frames) through the guard.
+        _feed(protocol, self._raw_request(request.method), transport)
+        if tail:
+            _feed(guard, tail, transport)
 
     def _raw_request(self, method: str) -> bytes:
         parts = [method.encode(), b" ", self._url, b" HTTP/1.1\r\n"]
@@ -315,3 +312,94 @@ class HttpProtocol(asyncio.Protocol):
             parts += (name, b": ", value, b"\r\n")
         parts.append(b"\r\n")
         return b"".join(parts)
+
+
+def _feed(protocol: asyncio.BufferedProtocol, data: bytes, transport: asyncio.Transport) -> None:
+    offset = 0
+    while offset < len(data) and not transport.is_closing():
+        buffer = protocol.get_buffer(len(data) - offset)
+        size = min(len(buffer), len(data) - offset)
+        buffer[:size] = data[offset:offset + size]
+        offset += size
+        protocol.buffer_updated(size)
+
+
+class CloseGuard(asyncio.BufferedProtocol):
+    """Sits between the transport and picows' WSProtocol: hands it nothing after a CLOSE frame.
+
+    picows parses the frame after the current one before delivering the
+    current one, so a second CLOSE arriving in the same read as the first is
+    refused with 1002 before the first is answered (Autobahn case 7.1.2).
+    RFC 6455 5.5.1: after a CLOSE, nothing more is to be processed. The guard
+    reads picows' own buffer (zero copy), follows frame boundaries from the
+    headers, and passes on data only up to the end of the first CLOSE frame.
+    """
+
+    __slots__ = ("inner", "_buffer", "_header", "_remaining", "_close", "_done")
+
+    def __init__(self, inner: asyncio.BufferedProtocol) -> None:
+        self.inner = inner
+        self._buffer: memoryview | None = None
+        self._header = bytearray()  # an unfinished frame header
+        self._remaining = 0  # payload bytes of the current frame still to come
+        self._close = False  # the current frame is a CLOSE
+        self._done = False  # a whole CLOSE frame has been passed on
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # pragma: no cover - set_protocol
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        self._buffer = self.inner.get_buffer(sizehint)
+        return self._buffer  # type: ignore[return-value]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._done:
+            return
+        keep = self._scan(self._buffer[:nbytes])  # type: ignore[index]
+        self.inner.buffer_updated(keep)
+
+    def _scan(self, data: memoryview) -> int:
+        """How many of ``data``'s bytes to pass on: all, or up to the end of a CLOSE frame."""
+        size = len(data)
+        at = 0
+        while at < size:
+            if self._remaining:
+                step = min(self._remaining, size - at)
+                at += step
+                self._remaining -= step
+            else:
+                header = self._header
+                need = 2
+                if len(header) >= 2:
+                    length = header[1] & 0x7F
+                    need += (2 if length == 126 else 8 if length == 127 else 0) + (4 if header[1] & 0x80 else 0)
+                if len(header) < need:
+                    take = min(need - len(header), size - at)
+                    header += data[at:at + take]
+                    at += take
+                    if len(header) < need or need == 2:
+                        continue  # more header to come (or its length bytes now known: loop again)
+                length = header[1] & 0x7F
+                if length == 126:
+                    length = int.from_bytes(header[2:4], "big")
+                elif length == 127:
+                    length = int.from_bytes(header[2:10], "big")
+                self._close = header[0] & 0x0F == 0x8
+                self._remaining = length
+                self._header = bytearray()
+            if not self._remaining and not self._header and self._close:
+                self._done = True
+                return at
+        return size
