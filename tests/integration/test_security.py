@@ -260,3 +260,20 @@ async def test_connect_rate_limit():
 async def _until(predicate) -> None:
     while not predicate():
         await asyncio.sleep(0.01)
+
+
+async def test_server_pings_close_dead_peers():
+    """A peer that stops answering pings is closed with 1001 (server pings when the connection is idle)."""
+    settings = Settings(host="127.0.0.1", port=0, ping_interval=0.3, ping_timeout=0.3)
+    async with Server(settings) as server:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(b"GET /ws?tenant_id=t&user_id=dead HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\n")
+        alive = await Client.connect(server.ws_url, "t", "alive")  # websockets answers pings
+        data = await asyncio.wait_for(reader.read(), 10)  # welcome, pings, then a close frame and EOF
+        close_at = data.rfind(b"\x88")
+        assert close_at >= 0 and int.from_bytes(data[close_at + 2:close_at + 4], "big") == 1001
+        assert (await alive.request({"type": "ping"}))["type"] == "pong"
+        await alive.close()
+        writer.close()
