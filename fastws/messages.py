@@ -162,7 +162,7 @@ def _priority_list(value: object, ref: JSON) -> frozenset[str]:
     if type(value) is not list or len(value) > len(PRIORITIES):
         raise ProtocolError(codes.INVALID_FILTERS, "priority must be a list of priority names", ref)
     for item in value:
-        if item not in PRIORITIES or type(item) is not str:
+        if type(item) is not str or item not in PRIORITIES:
             raise ProtocolError(codes.INVALID_PRIORITY, f"unknown priority {item!r:.40}", ref)
     return frozenset(value)
 
