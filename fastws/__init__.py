@@ -6,6 +6,7 @@ __version__ = "0.1.0"
 
 from .core import IMPLEMENTATION
 from .exceptions import ChannelError, ConfigError, ConnectionClosedError, FastWSError, ProtocolError
+from .client import AuthenticationError, Client, ClientError, CommandError, RecoveryFailed
 
 __all__ = [
     "__version__",
@@ -15,4 +16,9 @@ __all__ = [
     "ChannelError",
     "ConnectionClosedError",
     "ConfigError",
+    "Client",
+    "ClientError",
+    "CommandError",
+    "AuthenticationError",
+    "RecoveryFailed",
 ]
