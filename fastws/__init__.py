@@ -7,6 +7,7 @@ __version__ = "0.1.0"
 from .core import IMPLEMENTATION
 from .exceptions import ChannelError, ConfigError, ConnectionClosedError, FastWSError, ProtocolError
 from .client import AuthenticationError, Client, ClientError, CommandError, RecoveryFailed
+from .publisher import AsyncPublisher, PublishError, apublish, publish
 
 __all__ = [
     "__version__",
@@ -21,4 +22,8 @@ __all__ = [
     "CommandError",
     "AuthenticationError",
     "RecoveryFailed",
+    "publish",
+    "apublish",
+    "AsyncPublisher",
+    "PublishError",
 ]

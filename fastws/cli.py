@@ -1,4 +1,4 @@
-"""Command line: ``fastws serve``, ``fastws flag``.
+"""Command line: ``fastws serve``, ``flag``, ``publish``, ``selftest``.
 
 Settings come from defaults, then ``FASTWS_*`` environment variables, then flags.
 ``DEBUG=websocket:*`` (as the seed used) or ``--log-level debug`` turns on debug logs.
@@ -123,6 +123,48 @@ def _flag(args: argparse.Namespace) -> int:
     return 0
 
 
+def _publish(args: argparse.Namespace) -> int:
+    """fastws publish: one event over the REST API."""
+    import json
+
+    from .publisher import PublishError, publish
+
+    try:
+        data = json.loads(args.data) if args.data is not None else None
+    except ValueError as exc:
+        print(f"fastws: --data is not JSON: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = publish(
+            args.base_url, args.tenant, args.user, args.event, data, channel=args.channel, source=args.source,
+            priority=args.priority, target_user_id=args.target_user, token=args.token,
+        )
+    except PublishError as exc:
+        print(f"fastws: {exc.status} {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"fastws: cannot reach {args.base_url}: {exc}", file=sys.stderr)
+        return 1
+    print(_dumps(result))
+    return 0
+
+
+def _selftest(args: argparse.Namespace) -> int:
+    from .selftest import default_urls, run_selftest
+
+    base, ws = default_urls(args.base_url, args.ws_url)
+    print(f"fastws selftest: {base} and {ws}")
+    return _run_result(run_selftest(base, ws, args.token))
+
+
+def _run_result(coro: object) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    return uvloop.run(coro)  # type: ignore[arg-type]
+
+
 def _dumps(value: object) -> str:
     import json
 
@@ -173,6 +215,25 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--base-url", default=default_base, help="the server's HTTP base URL (BASE_URL)")
         sub.add_argument("--token", default=os.environ.get("FASTWS_TOKEN"), help="an admin token (FASTWS_TOKEN)")
     flag.set_defaults(handler=_flag)
+
+    publish = commands.add_parser("publish", help="publish one event over the REST API")
+    publish.add_argument("--tenant", required=True)
+    publish.add_argument("--user", required=True)
+    publish.add_argument("--event", required=True)
+    publish.add_argument("--data", help="the payload, as JSON")
+    publish.add_argument("--channel")
+    publish.add_argument("--source")
+    publish.add_argument("--priority", choices=["low", "normal", "high", "critical"])
+    publish.add_argument("--target-user")
+    publish.add_argument("--base-url", default=default_base, help="the server's HTTP base URL (BASE_URL)")
+    publish.add_argument("--token", default=os.environ.get("FASTWS_TOKEN"), help="a token (FASTWS_TOKEN)")
+    publish.set_defaults(handler=_publish)
+
+    selftest = commands.add_parser("selftest", help="check a running server end to end")
+    selftest.add_argument("--base-url", help="HTTP base URL (BASE_URL, default http://127.0.0.1:8765)")
+    selftest.add_argument("--ws-url", help="WebSocket URL (WS_URL, default from the base URL)")
+    selftest.add_argument("--token", default=os.environ.get("FASTWS_TOKEN"), help="an admin token (FASTWS_TOKEN)")
+    selftest.set_defaults(handler=_selftest)
     return parser
 
 

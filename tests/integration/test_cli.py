@@ -106,3 +106,63 @@ async def test_bad_setting_is_a_clear_error():
     _, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 2
     assert b"max_message_size" in err and b"Traceback" not in err
+
+
+async def test_selftest_passes_against_a_fresh_server():
+    """`fastws selftest` checks a running `fastws serve` end to end: every line PASS, 'N passed, 0 failed', exit 0."""
+    process, url, lines = await start()
+    base = url.replace("ws://", "http://").removesuffix("/ws")
+    try:
+        check = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fastws", "selftest", "--base-url", base, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await asyncio.wait_for(check.communicate(), 60)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await finish(process, lines)
+    report = out.decode().splitlines()
+    assert check.returncode == 0, out.decode()
+    assert re.fullmatch(r"(\d+) passed, 0 failed", report[-1]) and int(report[-1].split()[0]) >= 10
+    assert all(line.startswith("PASS ") for line in report[1:-1])
+
+
+async def test_selftest_fails_without_a_server():
+    """Against nothing, `fastws selftest` reports failures and exits non-zero."""
+    import socket
+
+    with socket.socket() as probe:  # a port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    check = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fastws", "selftest", "--base-url", f"http://127.0.0.1:{port}",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(check.communicate(), 60)
+    assert check.returncode == 1
+    assert out.decode().splitlines()[-1].endswith("failed") and "FAIL status" in out.decode()
+
+
+async def test_publish_command():
+    """`fastws publish` sends one event over REST and prints its id; a refused one exits 1."""
+    process, url, lines = await start()
+    base = url.replace("ws://", "http://").removesuffix("/ws")
+    try:
+        subscriber = await Client.connect(url, "cli", "sub")
+        ok = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fastws", "publish", "--tenant", "cli", "--user", "u", "--event", "hello",
+            "--data", '{"x": 1}', "--base-url", base, stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await asyncio.wait_for(ok.communicate(), 30)
+        assert ok.returncode == 0
+        event = await subscriber.recv()
+        assert event["id"] in out.decode() and event["data"] == {"x": 1}
+        refused = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fastws", "publish", "--tenant", "cli", "--user", "u", "--event", "hello",
+            "--channel", "x:other", "--base-url", base, stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(refused.communicate(), 30)
+        assert refused.returncode == 1 and b"forbidden_channel" in err
+        await subscriber.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await finish(process, lines)

@@ -148,3 +148,24 @@ async def test_follows_the_rollback_to_the_legacy_url(settings):
             assert client.url == legacy.ws_url and welcome["tenantId"] == "lg"
             assert len(legacy.connections) == 1 and not primary.connections
             await client.disconnect()
+
+
+async def test_rest_publish_helpers_reuse_one_connection(server):
+    """fastws.publish (sync, in a thread) and AsyncPublisher deliver, reuse their connection, and raise PublishError."""
+    subscriber = await Peer.connect(server.ws_url, "pub", "sub")
+    base = server.http_url
+    first = await asyncio.to_thread(fastws.publish, base, "pub", "svc", "sync", {"n": 1})
+    second = await asyncio.to_thread(fastws.publish, base, "pub", "svc", "sync", {"n": 2}, priority="high")
+    with pytest.raises(fastws.PublishError) as refused:
+        await asyncio.to_thread(fastws.publish, base, "pub", "svc", "e", channel="x:other")
+    assert (refused.value.status, refused.value.code) == (403, "forbidden_channel")
+    async with fastws.AsyncPublisher(base) as publisher:
+        third = await publisher.publish("pub", "svc", "async", {"n": 3}, channel="tenant:pub")
+        streams = publisher._streams
+        fourth = await publisher.publish("pub", "svc", "async", {"n": 4})
+        assert publisher._streams is streams  # the same keep-alive connection
+    events = await subscriber.drain()
+    assert [e["id"] for e in events] == [first["id"], second["id"], third["id"], fourth["id"]]
+    one_shot = await fastws.apublish(base, "pub", "svc", "once")
+    assert (await subscriber.drain())[0]["id"] == one_shot["id"]
+    await subscriber.close()
