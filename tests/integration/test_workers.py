@@ -372,3 +372,38 @@ async def test_rollback_with_policy_close_closes_open_connections():
         assert orjson.loads(refused.value.response.body)["legacy_url"] == "wss://legacy.example/ws"
     finally:
         await cluster.stop()
+
+
+async def test_client_recovers_across_a_worker_restart(cluster):
+    """fastws.Client on a worker that is killed reconnects (to any worker) and recovers every event, none twice."""
+    from fastws import Client as ResilientClient
+
+    groups = await cluster.spread("wr", count=8)
+    publisher = groups[sorted(groups)[0]][0]
+    for _ in range(50):
+        client = ResilientClient(cluster.url, "wr", "resilient", reconnect_interval=0.05)
+        await client.connect()
+        if client.welcome["data"]["worker"] != sorted(groups)[0]:
+            break
+        await client.disconnect()
+    victim = client.welcome["data"]["worker"]
+    assert victim != sorted(groups)[0]
+    sent = [(await publisher.publish("e", {"n": n}))["id"] for n in range(5)]
+    _, body = await cluster.http("GET", "/api/websocket/status?detailed=true")
+    os.kill(body["websocket"]["workers"][str(victim)]["pid"], signal.SIGKILL)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT
+    while client.connection_status != "reconnecting" and client.is_connected and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    sent += [(await publisher.publish("e", {"n": n}))["id"] for n in range(5, 15)]
+    while not client.is_connected and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    sent += [(await publisher.publish("e", {"n": n}))["id"] for n in range(15, 20)]
+    received = []
+    while len(received) < 20:
+        received.append((await asyncio.wait_for(client.__anext__(), TIMEOUT))["id"])
+    assert received == sent and not client.recovery_failures
+    await client.disconnect()
+    for clients in groups.values():
+        for each in clients:
+            await each.close()
