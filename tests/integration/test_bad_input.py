@@ -1,8 +1,8 @@
 """Bad input gets a clear error or close code, and hurts no one else.
 
-The hostile side is a raw-socket WebSocket client written here (no WebSocket
-library between the test and the wire), so frames can carry any FIN, RSV,
-opcode, length and payload. Well-behaved clients are ``tests.helpers.Client``.
+The hostile side is the raw-socket WebSocket client of ``tests.rawws`` (no
+WebSocket library between the test and the wire), so frames can carry any FIN,
+RSV, opcode, length and payload. Well-behaved clients are ``tests.helpers.Client``.
 
 Fatal cases send their frames with a control-PING barrier after each frame but
 the last, so a test knows exactly which frame made the server close.
@@ -11,231 +11,34 @@ the last, so a test knows exactly which frame made the server close.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import itertools
-import os
 import random
-import struct
 from dataclasses import dataclass
-from typing import Any, Callable
-from urllib.parse import urlsplit
+from typing import Any
 
 import orjson
 import pytest
 
 from fastws.config import Limits, Settings
 from tests.helpers import Client
+from tests.rawws import (
+    BINARY,
+    CLOSE,
+    CONTINUATION,
+    PING,
+    PONG,
+    TEXT,
+    RawClient,
+    close_payload,
+    wait_until,
+    ws_frame,
+)
 
 MAX_MESSAGE = 4096
-READ_TIMEOUT = 5.0
-
-CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_tokens = itertools.count(1)
 
 
 @pytest.fixture
 def settings():
     return Settings(host="127.0.0.1", port=0, drain_timeout=2.0, limits=Limits(max_message_size=MAX_MESSAGE))
-
-
-# --- the raw client -------------------------------------------------------------------------
-
-
-def _mask(payload: bytes, key: bytes) -> bytes:
-    if not payload:
-        return b""
-    size = len(payload)
-    keystream = (key * (size // 4 + 1))[:size]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(keystream, "big")).to_bytes(size, "big")
-
-
-def ws_frame(
-    opcode: int,
-    payload: bytes = b"",
-    *,
-    fin: bool = True,
-    rsv1: bool = False,
-    rsv2: bool = False,
-    rsv3: bool = False,
-    length: int | None = None,
-    masked: bool = True,
-) -> bytes:
-    """A client frame; ``length`` overrides the length field (to claim more than is sent)."""
-    length = len(payload) if length is None else length
-    first = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | (0x20 if rsv2 else 0) | (0x10 if rsv3 else 0) | opcode
-    mask_bit = 0x80 if masked else 0
-    if length < 126:
-        header = bytes([first, mask_bit | length])
-    elif length < 1 << 16:
-        header = bytes([first, mask_bit | 126]) + struct.pack("!H", length)
-    else:
-        header = bytes([first, mask_bit | 127]) + struct.pack("!Q", length)
-    if not masked:
-        return header + payload
-    key = os.urandom(4)
-    return header + key + _mask(payload, key)
-
-
-def close_payload(code: int, reason: bytes = b"") -> bytes:
-    return struct.pack("!H", code) + reason
-
-
-class ServerClosed(AssertionError):
-    """The server closed the connection where a reply was expected."""
-
-
-class RawClient:
-    """A WebSocket client on a bare asyncio stream."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.welcome: dict[str, Any] = {}
-        #: events (messages with an eventType) skipped while waiting for replies
-        self.events: list[dict[str, Any]] = []
-        self.close_code: int | None = None
-
-    @classmethod
-    async def connect(cls, ws_url: str, tenant_id: str = "t1", user_id: str = "evil") -> "RawClient":
-        url = urlsplit(ws_url)
-        reader, writer = await asyncio.open_connection(url.hostname, url.port)
-        client = cls(reader, writer)
-        key = base64.b64encode(os.urandom(16))
-        writer.write(
-            b"GET %s?tenant_id=%s&user_id=%s HTTP/1.1\r\n"
-            b"Host: %s:%d\r\n"
-            b"Upgrade: websocket\r\n"
-            b"Connection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: %s\r\n"
-            b"Sec-WebSocket-Version: 13\r\n\r\n"
-            % (url.path.encode(), tenant_id.encode(), user_id.encode(), url.hostname.encode(), url.port, key)
-        )
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
-        status, *header_lines = head.decode("latin-1").split("\r\n")
-        assert status.startswith("HTTP/1.1 101"), head
-        headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines if h)}
-        assert headers["sec-websocket-accept"] == base64.b64encode(hashlib.sha1(key + _GUID).digest()).decode()
-        opcode, payload = await client.recv_frame()
-        assert opcode == TEXT
-        client.welcome = orjson.loads(payload)
-        assert client.welcome["eventType"] == "connection", client.welcome
-        return client
-
-    # -- sending --
-
-    def send_raw(self, data: bytes) -> None:
-        self.writer.write(data)
-
-    def send_frame(self, opcode: int, payload: bytes = b"", **options: Any) -> None:
-        self.writer.write(ws_frame(opcode, payload, **options))
-
-    def send_text(self, message: bytes | dict[str, Any]) -> None:
-        self.send_frame(TEXT, message if isinstance(message, bytes) else orjson.dumps(message))
-
-    # -- receiving --
-
-    async def recv_frame(self, timeout: float = READ_TIMEOUT) -> tuple[int, bytes]:
-        """The next server frame as (opcode, payload)."""
-        return await asyncio.wait_for(self._recv_frame(), timeout)
-
-    async def _recv_frame(self) -> tuple[int, bytes]:
-        head = await self.reader.readexactly(2)
-        assert head[0] & 0x80, "the server never fragments"
-        assert not head[0] & 0x70, "the server sets no RSV bits"
-        assert not head[1] & 0x80, "server frames are not masked"
-        length = head[1] & 0x7F
-        if length == 126:
-            (length,) = struct.unpack("!H", await self.reader.readexactly(2))
-        elif length == 127:
-            (length,) = struct.unpack("!Q", await self.reader.readexactly(8))
-        return head[0] & 0x0F, await self.reader.readexactly(length)
-
-    @staticmethod
-    def close_code_of(payload: bytes) -> int | None:
-        return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
-
-    async def _next(self) -> tuple[int, bytes]:
-        try:
-            return await self.recv_frame()
-        except (asyncio.IncompleteReadError, ConnectionResetError) as exc:
-            raise AssertionError(f"the server dropped the connection without a close frame ({exc!r})") from None
-
-    async def recv_reply(self) -> dict[str, Any]:
-        """The next message that is not an event (events are kept in ``self.events``)."""
-        while True:
-            opcode, payload = await self._next()
-            if opcode == TEXT:
-                message = orjson.loads(payload)
-                if "eventType" in message:
-                    self.events.append(message)
-                    continue
-                return message
-            if opcode == CLOSE:
-                self.close_code = self.close_code_of(payload)
-                raise ServerClosed(f"the server closed the connection with {self.close_code}: {payload[2:]!r}")
-            assert opcode == PONG, f"unexpected opcode {opcode:#x}"
-
-    async def request(self, message: bytes | dict[str, Any]) -> dict[str, Any]:
-        self.send_text(message)
-        return await self.recv_reply()
-
-    async def ping_ok(self) -> None:
-        """A ping command gets its pong, and is the next reply."""
-        ref = f"ok-{next(_tokens)}"
-        reply = await self.request({"type": "ping", "ref": ref})
-        assert reply == {"type": "pong", "ref": ref}
-
-    async def control_barrier(self, after: bytes) -> bool:
-        """Send ``after`` plus a PING; True once its PONG is back, False if a close frame came first."""
-        token = b"barrier-%d" % next(_tokens)
-        self.send_raw(after + ws_frame(PING, token))
-        while True:
-            opcode, payload = await self._next()
-            if opcode == TEXT:
-                self.events.append(orjson.loads(payload))
-            elif opcode == PONG and payload == token:
-                return True
-            elif opcode == CLOSE:
-                self.close_code = self.close_code_of(payload)
-                return False
-
-    async def expect_close(self) -> int | None:
-        """Read (keeping events) up to the server's close frame; its close code."""
-        while True:
-            opcode, payload = await self._next()
-            if opcode == TEXT:
-                self.events.append(orjson.loads(payload))
-            elif opcode == CLOSE:
-                self.close_code = self.close_code_of(payload)
-                return self.close_code
-            elif opcode == PONG:
-                raise AssertionError(f"the server answered a PING ({payload!r}) instead of closing")
-
-    async def after_close(self) -> list[tuple[int, bytes]]:
-        """Everything the server sent after its close frame, up to the end of the TCP stream."""
-        try:
-            data = await asyncio.wait_for(self.reader.read(), READ_TIMEOUT)
-        except ConnectionResetError:
-            data = b""
-        frames = []
-        while data:
-            opcode, length, offset = data[0] & 0x0F, data[1] & 0x7F, 2
-            if length == 126:
-                (length,), offset = struct.unpack("!H", data[2:4]), 4
-            elif length == 127:
-                (length,), offset = struct.unpack("!Q", data[2:10]), 10
-            frames.append((opcode, data[offset : offset + length]))
-            data = data[offset + length :]
-        return frames
-
-    async def close(self) -> None:
-        self.writer.close()
-        try:
-            await self.writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
 
 
 @pytest.fixture
@@ -251,17 +54,6 @@ async def connect_raw(server):
     yield connect
     for client in clients:
         await client.close()
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll a condition (not a sleep to synchronise): True once it holds, False after ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() >= deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 # --- the cases ------------------------------------------------------------------------------

@@ -11,9 +11,6 @@ checked is what is on the wire. WebSocket clients that must receive events are
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import os
 import re
 import struct
 from dataclasses import dataclass
@@ -25,8 +22,8 @@ import pytest
 from fastws.config import Limits, Settings
 from fastws.server import Server
 from tests.helpers import TIMEOUT, Client
+from tests.rawws import accept_for, client_frame, read_frame, read_json_frame, upgrade_request
 
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 GENERIC_500 = "unexpected server error; the details are in the server log"
 IDENTITY = {"X-Tenant-ID": "acme", "X-User-ID": "svc", "Content-Type": "application/json"}
@@ -239,59 +236,7 @@ def deep_json(depth: int) -> bytes:
     return b"[" * depth + b"]" * depth
 
 
-# --- a minimal WebSocket client side ------------------------------------------------
-
-
-def upgrade_request(path: str = "/ws?tenant_id=acme&user_id=alice", key: str | None = None) -> tuple[bytes, str]:
-    """A WebSocket opening handshake; returns (bytes, Sec-WebSocket-Key)."""
-    key = key or base64.b64encode(os.urandom(16)).decode()
-    headers = [
-        ("Upgrade", "websocket"),
-        ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Key", key),
-        ("Sec-WebSocket-Version", "13"),
-    ]
-    return build_request("GET", path, headers), key
-
-
-def accept_for(key: str) -> str:
-    return base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
-
-
-def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
-    """One final, masked client frame, built by hand."""
-    mask = os.urandom(4)
-    size = len(payload)
-    if size < 126:
-        header = bytes([0x80 | opcode, 0x80 | size])
-    elif size < 1 << 16:
-        header = bytes([0x80 | opcode, 0x80 | 126]) + struct.pack("!H", size)
-    else:
-        header = bytes([0x80 | opcode, 0x80 | 127]) + struct.pack("!Q", size)
-    return header + mask + bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
-
-
-async def read_frame(reader: asyncio.StreamReader, timeout: float = TIMEOUT) -> tuple[int, bytes]:
-    """One server frame: (opcode, payload). Server frames are never masked."""
-
-    async def read() -> tuple[int, bytes]:
-        first, second = await reader.readexactly(2)
-        assert first & 0x80, "fragmented server frame"
-        assert not second & 0x80, "server frames must not be masked"
-        size = second & 0x7F
-        if size == 126:
-            (size,) = struct.unpack("!H", await reader.readexactly(2))
-        elif size == 127:
-            (size,) = struct.unpack("!Q", await reader.readexactly(8))
-        return first & 0x0F, await reader.readexactly(size)
-
-    return await asyncio.wait_for(read(), timeout)
-
-
-async def read_json_frame(reader: asyncio.StreamReader) -> dict[str, Any]:
-    opcode, payload = await read_frame(reader)
-    assert opcode == 0x1, (opcode, payload)
-    return orjson.loads(payload)
+# --- the WebSocket side (helpers in tests.rawws) ----------------------------------------
 
 
 async def expect_switch(connection: HttpConnection, key: str) -> HttpResponse:
