@@ -46,6 +46,7 @@ class Server:
         worker: int = 0,
         wake_fds: list[int] | None = None,
         echo: bool = False,
+        reuse_port: bool = False,
     ) -> None:
         self.settings = settings or Settings()
         #: tests only (the Autobahn conformance run): WebSocket messages are echoed, not interpreted
@@ -61,8 +62,12 @@ class Server:
         self.http_connections: set[HttpProtocol] = set()
         self.accepting = False
         # picows builds a logger per connection unless given an adapter
-        self.picows_logger = logging.LoggerAdapter(logging.getLogger("fastws.picows"), {})
+        picows_logger = logging.getLogger("fastws.picows")
+        if not any(isinstance(f, _ClientFaultFilter) for f in picows_logger.filters):
+            picows_logger.addFilter(_ClientFaultFilter())
+        self.picows_logger = logging.LoggerAdapter(picows_logger, {})
         self._sock = sock
+        self._reuse_port = reuse_port
         self._server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dirty: list[Connection] = []
@@ -78,11 +83,13 @@ class Server:
         if self._sock is not None:
             kwargs["sock"] = self._sock
         else:
-            kwargs.update(host=self.settings.host, port=self.settings.port, reuse_address=True)
+            kwargs.update(host=self.settings.host, port=self.settings.port, reuse_address=True,
+                          reuse_port=self._reuse_port or None)
         self.control.start(self._loop)
         self._server = await self._loop.create_server(lambda: HttpProtocol(self), **kwargs)
         self.rest.fallback_ws_url = self.ws_url
         self.accepting = True
+        self.control.publish_stats("running")
         return self
 
     def reload(self, settings: Settings) -> None:
@@ -229,6 +236,18 @@ class Server:
             except Exception:
                 log.exception("error writing to a connection")
                 connection.close(codes.INTERNAL_ERROR, "internal error")
+
+
+class _ClientFaultFilter(logging.Filter):
+    """Keeps picows' log quiet about what clients do: two INFO lines per connection, and an
+    ERROR line (without a traceback) per protocol violation, would let any client fill the
+    log. Records with a traceback (an exception in fastws' own listener code) and
+    everything in debug mode pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info is not None or logging.getLogger("fastws").isEnabledFor(logging.DEBUG):
+            return True
+        return record.levelno >= logging.WARNING and record.levelno < logging.ERROR
 
 
 def log_auth_mode(server: Server) -> None:

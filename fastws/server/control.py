@@ -67,6 +67,8 @@ class WorkerControl:
         self._notify_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ticks = 0
+        #: this worker's state in its row
+        self.state = "starting"
         # per client address: new connections allowed (this worker)
         self._connect_buckets: dict[str, TokenBucket] = {}
 
@@ -90,7 +92,7 @@ class WorkerControl:
             self.broker.start()
             hub.broker = self.broker
             loop.add_reader(self.wake_fds[self.worker], self._on_wake)
-        self.publish_stats("running")
+        self.publish_stats("starting")
         self._timer = loop.call_later(POLL_INTERVAL, self._tick)
 
     def stop(self, state: str = "draining") -> None:
@@ -208,7 +210,7 @@ class WorkerControl:
 
     # -- counters ----------------------------------------------------------------------------
 
-    def stats(self, state: str = "running") -> WorkerStats:
+    def stats(self, state: str) -> WorkerStats:
         metrics = self.server.hub.metrics
         broker = self.broker
         return WorkerStats(
@@ -230,8 +232,11 @@ class WorkerControl:
             restarts=self.plane.read_worker(self.worker).restarts,
         )
 
-    def publish_stats(self, state: str = "running") -> None:
-        self.plane.write_worker(self.worker, self.stats(state))
+    def publish_stats(self, state: str | None = None) -> None:
+        """Write this worker's row; ``state`` (starting, running, draining, empty) sticks until changed."""
+        if state is not None:
+            self.state = state
+        self.plane.write_worker(self.worker, self.stats(self.state))
 
     def rows(self) -> dict[int, WorkerStats]:
         self.publish_stats()

@@ -1,9 +1,10 @@
-"""The supervisor: one listening socket, N worker processes, one shared segment.
+"""The supervisor: one port, N worker processes, one shared segment.
 
-It binds the port, creates the shared segment (control plane and shared log,
+It reserves the port (each worker listens on its own SO_REUSEPORT socket, and
+the kernel spreads connections over them), creates the shared segment (control plane and shared log,
 fastws.broker) in /dev/shm (and removes its name at once), an eventfd per
 worker, and runs each worker with ``python -m fastws.server.worker``,
-passing the socket, the segment and the eventfds down as descriptors. A worker that dies is started again (0.1 s backoff, doubling to 5 s,
+passing the segment and the eventfds down as descriptors. A worker that dies is started again (0.1 s backoff, doubling to 5 s,
 reset after 10 s of good health), on the same socket and segment, so the
 other workers and their connections never notice. SIGTERM/SIGINT drain the
 workers (they close clients with 1001) and exit 0; SIGHUP reloads the
@@ -73,8 +74,12 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         settings = self.settings
         family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-        sock = socket.create_server((settings.host, settings.port), family=family, backlog=4096)
-        sock.set_inheritable(True)
+        # Reserve the port (port 0 picks one) without listening: each worker listens on its
+        # own SO_REUSEPORT socket, and the kernel spreads new connections over them.
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((settings.host, settings.port))
         directory = tempfile.mkdtemp(prefix="fastws-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
         path = os.path.join(directory, "segment")
         segment = SharedSegment.create(path, settings.limits, max_workers=max(64, self.workers))
@@ -100,21 +105,23 @@ class Supervisor:
             )
         else:
             log.info("authentication: HS256 tokens required")
-        log.info("WebSocket ws://%s/ws?tenant_id=..&user_id=..", netloc)
-        log.info("REST http://%s/api/websocket (status: http://%s/api/websocket/status)", netloc, netloc)
-        if settings.legacy_url:
-            log.info("legacy endpoint %s", settings.legacy_url)
         spec = {
             "segment_fd": segment.fd,
-            "listen_fd": sock.fileno(),
+            "host": host,
+            "port": port,
             "wake_fds": wake_fds,
             "config": self.config,
             "overrides": self.overrides,
             "log_level": self.log_level,
         }
-        keepers = [asyncio.ensure_future(self._keep(index, spec, segment, [sock.fileno(), segment.fd, *wake_fds]))
+        keepers = [asyncio.ensure_future(self._keep(index, spec, segment, [segment.fd, *wake_fds]))
                    for index in range(self.workers)]
         try:
+            await self._until_listening(segment)
+            log.info("WebSocket ws://%s/ws?tenant_id=..&user_id=..", netloc)
+            log.info("REST http://%s/api/websocket (status: http://%s/api/websocket/status)", netloc, netloc)
+            if settings.legacy_url:
+                log.info("legacy endpoint %s", settings.legacy_url)
             await self._stop.wait()
         finally:
             self.stopping = True
@@ -140,6 +147,17 @@ class Supervisor:
                 os.close(fd)
             log.info("stopped")
         return 0
+
+    async def _until_listening(self, segment: SharedSegment, timeout: float = 30.0) -> None:
+        """Wait (bounded) until every worker listens, so the URL logged next answers at once."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline and not self._stop.is_set():
+            rows = segment.plane.workers()
+            if sum(1 for row in rows.values() if row.state == "running") >= self.workers:
+                return
+            await asyncio.sleep(0.01)
+        log.warning("not every worker is listening yet")
 
     async def _keep(self, index: int, spec: dict[str, Any], segment: SharedSegment, fds: list[int]) -> None:
         """Run worker ``index``, and run it again whenever it dies."""

@@ -1,9 +1,9 @@
 """One worker process under the supervisor: ``python -m fastws.server.worker SPEC``.
 
-SPEC is JSON: the worker's index, the shared segment's file descriptor, the listening
-socket's file descriptor, every worker's eventfd, the configuration file and
-the command-line overrides. The worker serves the inherited socket with
-its own uvloop loop until SIGTERM (drain, exit 0); SIGHUP reloads the
+SPEC is JSON: the worker's index, the shared segment's file descriptor, the
+host and port (the supervisor holds the port), every worker's eventfd, the
+configuration file and the command-line overrides. The worker listens on its
+own SO_REUSEPORT socket with its own uvloop loop until SIGTERM (drain, exit 0); SIGHUP reloads the
 settings from the same sources, keeping every connection.
 """
 
@@ -13,7 +13,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import sys
 from typing import Any
 
@@ -27,7 +26,8 @@ log = logging.getLogger("fastws.worker")
 
 
 def load_settings(spec: dict[str, Any]) -> Settings:
-    return Settings.load(config=spec.get("config"), **spec.get("overrides", {}))
+    # the port is the supervisor's (it may have been 0 on the command line)
+    return Settings.load(config=spec.get("config"), **spec.get("overrides", {})).replace(host=spec["host"], port=spec["port"])
 
 
 async def run(spec: dict[str, Any]) -> None:
@@ -35,8 +35,8 @@ async def run(spec: dict[str, Any]) -> None:
     index = spec["index"]
     settings = load_settings(spec)
     segment = SharedSegment.attach_fd(spec["segment_fd"])
-    sock = socket.socket(fileno=spec["listen_fd"])
-    server = Server(settings, sock=sock, segment=segment, worker=index, wake_fds=spec["wake_fds"])
+    settings = settings.replace(host=spec["host"], port=spec["port"])
+    server = Server(settings, segment=segment, worker=index, wake_fds=spec["wake_fds"], reuse_port=True)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides; a terminal's ^C reaches it
