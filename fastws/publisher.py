@@ -114,13 +114,16 @@ class _Response:
     def __init__(self) -> None:
         self.body = bytearray()
         self.done = False
-        self.keep_alive = True
+        self.keep_alive = False
+        self.parser: httptools.HttpResponseParser | None = None
 
     def on_body(self, body: bytes) -> None:
         self.body += body
 
     def on_message_complete(self) -> None:
         self.done = True
+        # read here: the parser forgets it once the message is over
+        self.keep_alive = self.parser.should_keep_alive()  # type: ignore[union-attr]
 
 
 class AsyncPublisher:
@@ -169,13 +172,13 @@ class AsyncPublisher:
         reader, writer = self._streams
         writer.write(request)
         response = _Response()
-        parser = httptools.HttpResponseParser(response)
+        parser = response.parser = httptools.HttpResponseParser(response)
         while not response.done:
             data = await reader.read(65536)
             if not data:
                 raise ConnectionResetError("the server closed the connection")
             parser.feed_data(data)
-        if not parser.should_keep_alive():
+        if not response.keep_alive:
             await self.aclose()
         return _result(parser.get_status_code(), bytes(response.body))
 

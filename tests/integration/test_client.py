@@ -163,7 +163,7 @@ async def test_rest_publish_helpers_reuse_one_connection(server):
         third = await publisher.publish("pub", "svc", "async", {"n": 3}, channel="tenant:pub")
         streams = publisher._streams
         fourth = await publisher.publish("pub", "svc", "async", {"n": 4})
-        assert publisher._streams is streams  # the same keep-alive connection
+        assert streams is not None and publisher._streams is streams  # the same keep-alive connection
     events = await subscriber.drain()
     assert [e["id"] for e in events] == [first["id"], second["id"], third["id"], fourth["id"]]
     one_shot = await fastws.apublish(base, "pub", "svc", "once")

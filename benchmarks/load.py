@@ -1,0 +1,452 @@
+"""End-to-end load generator: scenarios against fastws, the reference server, or the floor.
+
+    python -m benchmarks.load [--scenario fanout|latency|filtered|tenants|http|idle|all]
+                              [--target fastws|reference|floor] [--workers N] [--compare]
+
+Each scenario starts the server fresh (fastws: ``fastws serve --workers N``;
+the reference on the `websockets` library and the floor raw writer from
+benchmarks/reference/), runs a load from this process (pinned to the last
+CPU when the server has one worker), and reports per scenario: events
+delivered per second and per server CPU-second (CPU summed over every server
+process), publish acks per second, latency p50/p99/max, server peak RSS, the
+load generator's own CPU, and correctness (lost, duplicated, misrouted: all
+expected 0). ``--compare`` runs fastws, the reference and the floor
+alternately ``--rounds`` times per scenario and reports median ratios.
+
+The receive path is lean: frames are counted and their ``"n":`` sequence
+(and publish time ``"t":``) read with bytes searches, no JSON objects built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import orjson
+import psutil
+import uvloop
+from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+URL_LINE = re.compile(rb"WebSocket (ws://\S+?)\?")
+REST_LINE = re.compile(rb"REST (http://\S+?)/api/websocket")
+TARGETS = {
+    "fastws": lambda workers: [sys.executable, "-m", "fastws", "serve", "--port", "0", "--workers", str(workers)],
+    "reference": lambda workers: [sys.executable, "-m", "benchmarks.reference.websockets_server", "--port", "0"],
+    "floor": lambda workers: [sys.executable, "-m", "benchmarks.reference.floor", "--port", "0"],
+}
+
+
+# -- the server under test --------------------------------------------------------------
+
+
+class Target:
+    def __init__(self, name: str, workers: int) -> None:
+        self.name = name
+        self.workers = workers
+        self.process: subprocess.Popen | None = None
+        self.url = ""
+        self.rest = ""
+        self.tree: list[psutil.Process] = []
+
+    def __enter__(self) -> "Target":
+        env = {**os.environ, "FASTWS_LOG_LEVEL": "info"}
+        self.process = subprocess.Popen(TARGETS[self.name](self.workers), stderr=subprocess.PIPE, env=env)
+        deadline = time.monotonic() + 30
+        while not self.url and time.monotonic() < deadline:
+            line = self.process.stderr.readline()  # type: ignore[union-attr]
+            if not line:
+                raise RuntimeError(f"{self.name} exited")
+            if match := URL_LINE.search(line):
+                self.url = match.group(1).decode()
+            if match := REST_LINE.search(line):
+                self.rest = match.group(1).decode()
+        if not self.rest:
+            self.rest = self.url.replace("ws://", "http://").removesuffix("/ws")
+        import threading
+
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        root = psutil.Process(self.process.pid)
+        self.tree = [root, *root.children(recursive=True)]
+        return self
+
+    def _drain_stderr(self) -> None:
+        for _ in self.process.stderr:  # type: ignore[union-attr]
+            pass
+
+    def cpu(self) -> float:
+        total = 0.0
+        for process in self.tree:
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def rss(self) -> int:
+        total = 0
+        for process in self.tree:
+            try:
+                total += process.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            for process in self.tree:
+                try:
+                    process.kill()
+                except psutil.NoSuchProcess:
+                    pass
+
+
+# -- lean clients -------------------------------------------------------------------------
+
+
+SEQ = b'"n":'
+STAMP = b'"t":'
+
+
+class Subscriber(WSListener):
+    __slots__ = ("stats", "count", "last", "errors", "latencies", "expected_type")
+
+    def __init__(self, stats: "Stats", expected_type: bytes | None = None) -> None:
+        self.stats = stats
+        self.count = 0
+        self.last = -1
+        self.errors = 0
+        self.latencies = stats.latencies
+        self.expected_type = expected_type
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type != WSMsgType.TEXT:
+            return
+        now = time.perf_counter()
+        payload = frame.get_payload_as_bytes()
+        at = payload.find(SEQ)
+        if at < 0:
+            return
+        at += 4
+        n = int(payload[at:payload.index(b",", at) if payload.find(b",", at) >= 0 else payload.index(b"}", at)])
+        if n <= self.last:
+            self.stats.duplicated += 1
+        elif n != self.last + 1 and self.expected_type is None:
+            self.stats.lost += n - self.last - 1
+        if self.expected_type is not None and self.expected_type not in payload:
+            self.stats.misrouted += 1
+        self.last = max(self.last, n)
+        self.count += 1
+        stamp = payload.find(STAMP)
+        if stamp >= 0 and len(self.latencies) < 2_000_000:
+            stamp += 4
+            self.latencies.append(now - float(payload[stamp:payload.index(b"}", stamp)]))
+        self.stats.delivered += 1
+
+
+class Publisher(WSListener):
+    def __init__(self) -> None:
+        self.acks = 0
+        self.transport: WSTransport | None = None
+        self.waiter: asyncio.Future | None = None
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type == WSMsgType.TEXT and frame.get_payload_as_bytes().startswith(b'{"type":"ack"'):
+            self.acks += 1
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(None)
+
+    def publish(self, n: int, event: str = "tick", channel: str | None = None) -> None:
+        extra = b',"channel":"%s"' % channel.encode() if channel else b""
+        self.transport.send(  # type: ignore[union-attr]
+            WSMsgType.TEXT,
+            b'{"type":"publish","event":"%s","ref":%d%s,"payload":{"n":%d,"t":%.9f}}'
+            % (event.encode(), n, extra, n, time.perf_counter()),
+        )
+
+
+@dataclass
+class Stats:
+    delivered: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    misrouted: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+
+async def open_many(url: str, count: int, tenant: str | list[str], factory, query: str = "") -> list:
+    listeners = []
+    for first in range(0, count, 100):
+        pairs = await asyncio.gather(*(
+            ws_connect(factory, f"{url}?tenant_id={tenant[i] if isinstance(tenant, list) else tenant}&user_id=s{i}{query}")
+            for i in range(first, min(first + 100, count))
+        ))
+        listeners += [listener for _, listener in pairs]
+    return listeners
+
+
+async def wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+# -- scenarios ----------------------------------------------------------------------------
+
+
+async def fanout(target: Target, args: argparse.Namespace) -> dict:
+    """1,000 subscribers, one publisher as fast as a window of un-acked publishes allows."""
+    stats = Stats()
+    subscribers = await open_many(target.url, args.connections, "fan", lambda: Subscriber(stats))
+    _, publisher = await ws_connect(Publisher, f"{target.url}?tenant_id=fan&user_id=pub")
+    events = args.events
+    cpu0, load0, started = target.cpu(), time.process_time(), time.perf_counter()
+    n = 0
+    while n < events:
+        while n < events and n - publisher.acks < args.window:
+            publisher.publish(n)
+            n += 1
+        publisher.waiter = asyncio.get_running_loop().create_future()
+        await asyncio.wait_for(publisher.waiter, 30)
+    expected = events * args.connections
+    await wait_until(lambda: stats.delivered >= expected, 60)
+    return summarize(target, stats, expected, events, started, cpu0, load0, subscribers)
+
+
+async def latency(target: Target, args: argparse.Namespace) -> dict:
+    """Publishes at a fixed rate (below saturation) to N subscribers: delivery latency."""
+    stats = Stats()
+    subscribers = await open_many(target.url, args.connections, "lat", lambda: Subscriber(stats))
+    _, publisher = await ws_connect(Publisher, f"{target.url}?tenant_id=lat&user_id=pub")
+    events = int(args.rate * args.seconds)
+    cpu0, load0, started = target.cpu(), time.process_time(), time.perf_counter()
+    for n in range(events):
+        await asyncio.sleep(max(0.0, started + n / args.rate - time.perf_counter()))
+        publisher.publish(n)
+    expected = events * args.connections
+    await wait_until(lambda: stats.delivered >= expected, 60)
+    return summarize(target, stats, expected, events, started, cpu0, load0, subscribers)
+
+
+async def filtered(target: Target, args: argparse.Namespace) -> dict:
+    """Subscribers filter on event type: each receives exactly its type's events."""
+    stats = Stats()
+    kinds = ["a", "b", "c", "d"]
+    groups = []
+    for kind in kinds:
+        groups.append(await open_many(target.url, args.connections // len(kinds), "flt",
+                                      lambda kind=kind: Subscriber(stats, b'"eventType":"%s"' % kind.encode()),
+                                      f"&eventTypes={kind}"))
+    _, publisher = await ws_connect(Publisher, f"{target.url}?tenant_id=flt&user_id=pub")
+    events = args.events
+    cpu0, load0, started = target.cpu(), time.process_time(), time.perf_counter()
+    n = 0
+    while n < events:
+        while n < events and n - publisher.acks < args.window:
+            publisher.publish(n, kinds[n % len(kinds)])
+            n += 1
+        publisher.waiter = asyncio.get_running_loop().create_future()
+        await asyncio.wait_for(publisher.waiter, 30)
+    expected = events // len(kinds) * (args.connections // len(kinds)) * len(kinds)
+    await wait_until(lambda: stats.delivered >= expected, 60)
+    return summarize(target, stats, expected, events, started, cpu0, load0, [s for g in groups for s in g])
+
+
+async def tenants(target: Target, args: argparse.Namespace) -> dict:
+    """100 tenants x 10 connections; each tenant's publisher reaches only its own tenant."""
+    stats = Stats()
+    names = [f"t{i}" for i in range(100)]
+    subscribers = await open_many(target.url, 1000, [names[i // 10] for i in range(1000)],
+                                  lambda: Subscriber(stats, None))
+    for index, subscriber in enumerate(subscribers):
+        subscriber.expected_type = b'"tenantId":"%s"' % names[index // 10].encode()
+    publishers = [p for _, p in await asyncio.gather(*(ws_connect(Publisher, f"{target.url}?tenant_id={t}&user_id=pub") for t in names))]
+    per_tenant = max(1, args.events // 100)
+    cpu0, load0, started = target.cpu(), time.process_time(), time.perf_counter()
+    for n in range(per_tenant):
+        for publisher in publishers:
+            publisher.publish(n)
+        await wait_until(lambda: all(p.acks > n for p in publishers), 30)
+    expected = per_tenant * 1000
+    await wait_until(lambda: stats.delivered >= expected, 60)
+    return summarize(target, stats, expected, per_tenant * 100, started, cpu0, load0, subscribers)
+
+
+def summarize(target: Target, stats: Stats, expected: int, published: int, started: float, cpu0: float,
+              load0: float, subscribers: list) -> dict:
+    wall = time.perf_counter() - started
+    cpu = target.cpu() - cpu0
+    lost = max(0, expected - stats.delivered)
+    for subscriber in subscribers:
+        transport = getattr(subscriber, "transport", None)
+    return {
+        "target": target.name,
+        "delivered": stats.delivered,
+        "expected": expected,
+        "delivered_per_second": round(stats.delivered / wall),
+        "delivered_per_server_cpu_second": round(stats.delivered / cpu) if cpu > 0 else None,
+        "publishes_per_second": round(published / wall),
+        "latency_ms_p50": round(percentile(stats.latencies, 0.50) * 1000, 3),
+        "latency_ms_p99": round(percentile(stats.latencies, 0.99) * 1000, 3),
+        "latency_ms_max": round(max(stats.latencies, default=0) * 1000, 3),
+        "server_cpu_seconds": round(cpu, 3),
+        "server_rss_mib": round(target.rss() / 2**20, 1),
+        "load_cpu_seconds": round(time.process_time() - load0, 3),
+        "wall_seconds": round(wall, 3),
+        "lost": lost,
+        "duplicated": stats.duplicated,
+        "misrouted": stats.misrouted,
+        "correct": lost == 0 and stats.duplicated == 0 and stats.misrouted == 0,
+    }
+
+
+async def http(target: Target, args: argparse.Namespace) -> dict:
+    """REST publishes over keep-alive connections: publishes per second and per server CPU-second."""
+    from fastws.publisher import AsyncPublisher
+
+    count = args.events * 5
+    publishers = [AsyncPublisher(target.rest) for _ in range(8)]
+    cpu0, load0, started = target.cpu(), time.process_time(), time.perf_counter()
+
+    async def run(publisher: AsyncPublisher, share: int) -> int:
+        done = 0
+        for n in range(share):
+            result = await publisher.publish("http", "pub", "tick", {"n": n})
+            done += bool(result.get("success"))
+        return done
+
+    done = sum(await asyncio.gather(*(run(p, count // len(publishers)) for p in publishers)))
+    wall = time.perf_counter() - started
+    cpu = target.cpu() - cpu0
+    for publisher in publishers:
+        await publisher.aclose()
+    return {
+        "target": target.name,
+        "publishes": done,
+        "publishes_per_second": round(done / wall),
+        "publishes_per_server_cpu_second": round(done / cpu) if cpu > 0 else None,
+        "server_cpu_seconds": round(cpu, 3),
+        "load_cpu_seconds": round(time.process_time() - load0, 3),
+        "correct": done == count // len(publishers) * len(publishers),
+    }
+
+
+async def idle(target: Target, args: argparse.Namespace) -> dict:
+    """N idle connections: RSS per connection, connect rate, server CPU per connection, memory after closing."""
+    count = args.idle
+    before = target.rss()
+    cpu0, started = target.cpu(), time.perf_counter()
+    listeners = await open_many(target.url, count, "idle", WSListener)
+    connect_seconds = time.perf_counter() - started
+    cpu = target.cpu() - cpu0
+    await asyncio.sleep(0.5)
+    opened = target.rss()
+    # closing: the listeners' transports are not kept by open_many; reconnect cycle measures reuse
+    return {
+        "target": target.name,
+        "connections": len(listeners),
+        "rss_per_connection_kib": round((opened - before) / count / 1024, 2),
+        "connects_per_second": round(count / connect_seconds),
+        "server_cpu_us_per_connection": round(cpu / count * 1e6, 1),
+        "correct": len(listeners) == count,
+    }
+
+
+SCENARIOS = {"fanout": fanout, "latency": latency, "filtered": filtered, "tenants": tenants, "http": http, "idle": idle}
+
+
+async def run_one(scenario: str, target_name: str, args: argparse.Namespace) -> dict:
+    with Target(target_name, args.workers) as target:
+        result = await asyncio.wait_for(SCENARIOS[scenario](target, args), 300)
+    result["scenario"] = scenario
+    return result
+
+
+async def main_async(args: argparse.Namespace) -> list[dict]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 19_000), hard))
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= 2 and args.workers <= 1:
+        os.sched_setaffinity(0, {cpus[-1]})
+    scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    targets = ["fastws", "reference", "floor"] if args.compare else [args.target]
+    results = []
+    for scenario in scenarios:
+        for _ in range(args.rounds if args.compare else 1):
+            for target in targets:
+                if scenario in ("http",) and target == "floor":
+                    continue
+                result = await run_one(scenario, target, args)
+                print(orjson.dumps(result).decode(), file=sys.stderr)
+                results.append(result)
+    return results
+
+
+def report(results: list[dict]) -> None:
+    figures = ["delivered_per_server_cpu_second", "publishes_per_server_cpu_second", "latency_ms_p99",
+               "rss_per_connection_kib", "server_cpu_us_per_connection"]
+    by = {}
+    for result in results:
+        by.setdefault(result["scenario"], {}).setdefault(result["target"], []).append(result)
+    for scenario, targets in by.items():
+        print(f"\n{scenario}")
+        for figure in figures:
+            medians = {t: statistics.median(r[figure] for r in rs if r.get(figure) is not None)
+                       for t, rs in targets.items() if any(r.get(figure) is not None for r in rs)}
+            if not medians:
+                continue
+            line = "  ".join(f"{t}={v:,.3f}" if isinstance(v, float) and v < 100 else f"{t}={v:,.0f}" for t, v in medians.items())
+            ratios = ""
+            if "fastws" in medians:
+                ratios = "  " + "  ".join(f"fastws/{t}={medians['fastws'] / v:.2f}" for t, v in medians.items() if t != "fastws" and v)
+            print(f"  {figure}: {line}{ratios}")
+        print(f"  correct: {all(r['correct'] for rs in targets.values() for r in rs)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="fanout")
+    parser.add_argument("--target", choices=list(TARGETS), default="fastws")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--compare", action="store_true", help="fastws, reference and floor, alternately")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=1000)
+    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--window", type=int, default=64)
+    parser.add_argument("--rate", type=float, default=100.0, help="latency: publishes per second")
+    parser.add_argument("--seconds", type=float, default=5.0, help="latency: how long")
+    parser.add_argument("--idle", type=int, default=10_000, help="idle: connections")
+    args = parser.parse_args()
+    results = uvloop.run(main_async(args))
+    report(results)
+    print(orjson.dumps(results).decode())
+    sys.exit(0 if all(r["correct"] for r in results) else 1)
+
+
+if __name__ == "__main__":
+    main()
