@@ -280,6 +280,9 @@ class HttpProtocol(asyncio.Protocol):
         self._closing = True
         self._cancel_timer()
         self.server.http_connections.discard(self)
+        # The parser and this protocol refer to each other: break the cycle so both go now,
+        # not at the next cyclic garbage collection.
+        self.parser = None  # type: ignore[assignment]
         settings = self.server.settings
         protocol = WSProtocol(
             None,  # host_port (client side only)
