@@ -365,12 +365,15 @@ class _FrameProtocol(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
+    def waiter(self) -> asyncio.Future:
+        """A future resolved by the next data, EOF or loss of the connection.
+
+        Created synchronously, right after the caller checked the state: a coroutine that created
+        it would run a loop iteration later, and miss a callback already queued before it.
+        """
+        if self._waiter is None or self._waiter.done():
+            self._waiter = asyncio.get_running_loop().create_future()
+        return self._waiter
 
 
 class StreamEnded(Exception):
@@ -405,7 +408,7 @@ class FrameStream:
         while (end := protocol.buffer.find(b"\r\n\r\n")) < 0:
             if protocol.ended:
                 raise AssertionError(f"the server closed during the handshake: {bytes(protocol.buffer)!r}")
-            await asyncio.wait_for(protocol.wait(), max(deadline - loop.time(), 0))
+            await asyncio.wait_for(protocol.waiter(), max(deadline - loop.time(), 0))
         check_switch(bytes(protocol.buffer[: end + 4]), key)
         stream._offset = end + 4
         frame = await stream.next_frame(max(deadline - loop.time(), 0.001))
@@ -444,7 +447,7 @@ class FrameStream:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise TimeoutError(f"no server frame within {timeout} s")
-            await asyncio.wait_for(protocol.wait(), remaining)
+            await asyncio.wait_for(protocol.waiter(), remaining)
 
     async def wait_ended(self, timeout: float = READ_TIMEOUT) -> bool:
         """True once the server has ended the TCP stream, False after ``timeout``."""
@@ -455,7 +458,7 @@ class FrameStream:
             if remaining <= 0:
                 return False
             try:
-                await asyncio.wait_for(self._protocol.wait(), remaining)
+                await asyncio.wait_for(self._protocol.waiter(), remaining)
             except TimeoutError:
                 return False
         return True

@@ -477,26 +477,27 @@ class Failure:
     round: int
     group: int
     what: str
-    sent: bytes
+    #: bytes sent on the connection so far, and the last 300 of them (not all: a failure must not
+    #: weigh on the memory measurement); ``make_group(SEED, group)`` rebuilds the group itself
+    sent_size: int
+    sent_tail: bytes
 
     def __str__(self) -> str:
-        head = self.sent[-300:].hex()
         return (
-            f"seed {SEED} round {self.round} group {self.group}: {self.what}\n"
-            f"    connection bytes ({len(self.sent)}), last 300: {head}"
+            f"seed {SEED} round {self.round} group {self.group} (worker {self.group % WORKERS}): {self.what}\n"
+            f"    connection bytes: {self.sent_size}, the last 300: {self.sent_tail.hex()}"
         )
 
 
 class Fuzzer:
-    def __init__(self, ws_url: str, seed: int, stats: Stats, failures: list[Failure]) -> None:
+    def __init__(self, ws_url: str, stats: Stats, failures: list[Failure]) -> None:
         self.ws_url = ws_url
-        self.seed = seed
         self.stats = stats
         self.failures = failures
         self.round = 0
 
     def fail(self, group: int, what: str, sent: bytes) -> None:
-        self.failures.append(Failure(self.round, group, what, sent))
+        self.failures.append(Failure(self.round, group, what, len(sent), sent[-300:]))
 
     async def run_round(self, groups: list[Group]) -> None:
         await asyncio.gather(*(self.worker(w, groups[w::WORKERS]) for w in range(WORKERS)))
@@ -592,9 +593,9 @@ class Fuzzer:
             self.fail(index, f"close reason is not UTF-8: {payload!r}", sent)
         # After its close frame the server sends nothing more and ends the TCP stream.
         if not await stream.wait_ended(READ_TIMEOUT):
-            self.fail(index, "no end of the TCP stream after the close frame", sent)
+            self.fail(index, f"no end of the TCP stream within {READ_TIMEOUT} s after close frame {payload!r}", sent)
         if stream.unread():
-            self.fail(index, f"bytes after the close frame: {stream.unread()[:100].hex()}", sent)
+            self.fail(index, f"bytes after close frame {payload!r}: {stream.unread()[:100].hex()}", sent)
 
     async def close_cleanly(self, stream: FrameStream, index: int, sent: bytes) -> None:
         """A connection that survived its frames is closed with 1000 and answered with 1000."""
@@ -697,7 +698,7 @@ async def fuzz(server, log_catcher, record_property, frames: int, rounds: int) -
     groups = make_round(SEED, per_round)
     stats = Stats()
     failures: list[Failure] = []
-    fuzzer = Fuzzer(server.ws_url, SEED, stats, failures)
+    fuzzer = Fuzzer(server.ws_url, stats, failures)
 
     observer = await Client.connect(server.ws_url, TENANT, "observer")
     bystander = await Client.connect(server.ws_url, "t2", "bystander")
