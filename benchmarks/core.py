@@ -28,8 +28,8 @@ def main() -> int:
     table: dict[str, dict[str, dict]] = defaultdict(dict)
     for bench in results:
         name = bench["name"].split("[")[0].removeprefix("test_")
-        implementation = bench["params"].get("core") if bench.get("params") else None
-        implementation = implementation or bench["params"].get("implementation", "?")
+        params = bench.get("params") or {}
+        implementation = params.get("core") or params.get("implementation") or "cython"
         if not isinstance(implementation, str):
             implementation = "cython" if "_core_py" not in repr(implementation) else "python"
         table[name][implementation] = bench

@@ -188,3 +188,29 @@ def test_history_memory(benchmark, implementation, monkeypatch):
                                 ratio=round(used / encoded, 3), budget_bytes=int(budget), within_budget=used < budget)
     benchmark.pedantic(lambda: None, rounds=1)
     assert correct and used < budget, (used, budget)
+
+
+def test_command_decode(benchmark):
+    """Decoding and validating one publish command (messages.decode_command; the same on both cores)."""
+    from fastws.messages import Publish, decode_command
+
+    raw = b'{"type":"publish","channel":"ideas:acme","event":"idea_created","payload":{"title":"New Idea","n":1},"source":"idea_service","priority":"high","ref":42}'
+    result = decode_command(raw)
+    correct = result == Publish(42, "ideas:acme", "idea_created", {"title": "New Idea", "n": 1}, "idea_service", "high", None)
+    benchmark.extra_info.update(correct=correct)
+    benchmark(decode_command, raw)
+    assert correct
+
+
+def test_event_encode(benchmark):
+    """Encoding one event with orjson (messages.encode_event), once per publish."""
+    import orjson
+
+    from fastws.messages import encode_event
+
+    args = ("3f1c0e6e-6a4e-4c1e-9a7d-1b2c3d4e5f60", "idea_created", {"title": "New Idea", "n": 1},
+            "2026-11-29T10:30:00.123Z", "idea_service", "high", "acme", "alice", "ideas:acme")
+    correct = orjson.loads(encode_event(*args))["data"] == {"title": "New Idea", "n": 1}
+    benchmark.extra_info.update(correct=correct)
+    benchmark(encode_event, *args)
+    assert correct
