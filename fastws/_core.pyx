@@ -25,31 +25,34 @@ import os
 IMPLEMENTATION = "cython"
 
 
-cpdef bytes frame_text(bytes payload):
-    """A complete, unmasked server->client WebSocket text frame (FIN set) carrying ``payload``."""
-    cdef Py_ssize_t size = len(payload)
-    cdef Py_ssize_t header
-    if size < 126:
-        header = 2
-    elif size < 65536:
-        header = 4
-    else:
-        header = 10
-    cdef bytes frame = PyBytes_FromStringAndSize(NULL, header + size)
-    cdef uint8_t* out = <uint8_t*>PyBytes_AS_STRING(frame)
+cdef inline Py_ssize_t _header_size(Py_ssize_t size) noexcept:
+    return 2 if size < 126 else (4 if size < 65536 else 10)
+
+
+cdef inline uint8_t* _write_header(uint8_t* out, Py_ssize_t size) noexcept:
+    """Write a FIN text frame header for a payload of ``size`` bytes; where the payload goes."""
     cdef int i
     out[0] = 0x81
-    if header == 2:
+    if size < 126:
         out[1] = <uint8_t>size
-    elif header == 4:
+        return out + 2
+    if size < 65536:
         out[1] = 126
         out[2] = <uint8_t>(size >> 8)
         out[3] = <uint8_t>(size & 0xFF)
-    else:
-        out[1] = 127
-        for i in range(8):
-            out[2 + i] = <uint8_t>((size >> (8 * (7 - i))) & 0xFF)
-    memcpy(out + header, PyBytes_AS_STRING(payload), size)
+        return out + 4
+    out[1] = 127
+    for i in range(8):
+        out[2 + i] = <uint8_t>((size >> (8 * (7 - i))) & 0xFF)
+    return out + 10
+
+
+cpdef bytes frame_text(bytes payload):
+    """A complete, unmasked server->client WebSocket text frame (FIN set) carrying ``payload``."""
+    cdef Py_ssize_t size = len(payload)
+    cdef bytes frame = PyBytes_FromStringAndSize(NULL, _header_size(size) + size)
+    cdef uint8_t* out = _write_header(<uint8_t*>PyBytes_AS_STRING(frame), size)
+    memcpy(out, PyBytes_AS_STRING(payload), size)
     return frame
 
 
@@ -74,22 +77,9 @@ cpdef bytes frame_event(bytes payload, long long offset):
     # ,"offset":N}  (no comma after an empty object)
     cdef Py_ssize_t comma = 1 if length > 2 else 0
     cdef Py_ssize_t size = length - 1 + comma + 10 + n_digits
-    cdef Py_ssize_t header = 2 if size < 126 else (4 if size < 65536 else 10)
-    cdef bytes frame = PyBytes_FromStringAndSize(NULL, header + size)
-    cdef uint8_t* out = <uint8_t*>PyBytes_AS_STRING(frame)
+    cdef bytes frame = PyBytes_FromStringAndSize(NULL, _header_size(size) + size)
+    cdef uint8_t* out = _write_header(<uint8_t*>PyBytes_AS_STRING(frame), size)
     cdef int i
-    out[0] = 0x81
-    if header == 2:
-        out[1] = <uint8_t>size
-    elif header == 4:
-        out[1] = 126
-        out[2] = <uint8_t>(size >> 8)
-        out[3] = <uint8_t>(size & 0xFF)
-    else:
-        out[1] = 127
-        for i in range(8):
-            out[2 + i] = <uint8_t>((size >> (8 * (7 - i))) & 0xFF)
-    out += header
     memcpy(out, PyBytes_AS_STRING(payload), length - 1)
     out += length - 1
     if comma:

@@ -256,20 +256,10 @@ class Connection(WSListener):
 
     def send(self, frame: bytes) -> None:
         """Queue a reply or notice (never dropped)."""
-        if self.paused:
-            self._backlog_add(frame, _NEVER_DROP, "", 0)
-            return
-        pending = self._pending
-        if pending is None:
-            if self._closing:
-                return
-            self._pending = [frame]
-            self.server.schedule_flush(self)
-        else:
-            pending.append(frame)
+        self.send_event(frame, _NEVER_DROP, "", 0)
 
     def send_event(self, frame: bytes, priority: int, channel: str, offset: int) -> None:
-        """Queue an event; under backpressure it may be dropped by priority."""
+        """Queue an event (replies use priority _NEVER_DROP); under backpressure it may be dropped by priority."""
         if self.paused:
             self._backlog_add(frame, priority, channel, offset)
             return
