@@ -71,6 +71,7 @@ class Server:
         self._server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dirty: list[Connection] = []
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def _state(self) -> str:
         return "running" if self.accepting else "draining"
@@ -86,11 +87,26 @@ class Server:
             kwargs.update(host=self.settings.host, port=self.settings.port, reuse_address=True,
                           reuse_port=self._reuse_port or None)
         self.control.start(self._loop)
+        self._sweeper = self._loop.call_later(self._sweep_interval(), self._sweep)
         self._server = await self._loop.create_server(lambda: HttpProtocol(self), **kwargs)
         self.rest.fallback_ws_url = self.ws_url
         self.accepting = True
         self.control.publish_stats("running")
         return self
+
+    def loop_time(self) -> float:
+        return self._loop.time()  # type: ignore[union-attr]
+
+    def _sweep_interval(self) -> float:
+        settings = self.settings
+        return max(0.02, min(1.0, settings.handshake_timeout / 4, settings.keepalive_timeout / 4))
+
+    def _sweep(self) -> None:
+        """Close HTTP connections past their deadline (request or keep-alive timeout)."""
+        now = self._loop.time()  # type: ignore[union-attr]
+        for http in [h for h in self.http_connections if h.expired(now)]:
+            http._on_timeout()
+        self._sweeper = self._loop.call_later(self._sweep_interval(), self._sweep)  # type: ignore[union-attr]
 
     def reload(self, settings: Settings) -> None:
         """Use new settings (limits, timeouts, keys, origins) for what comes next; open connections stay."""
@@ -128,6 +144,9 @@ class Server:
             return
         self.accepting = False
         self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         self.control.stop("draining")
         for connection in list(self.connections):
             connection.close(close_code, "server shutting down")

@@ -58,7 +58,7 @@ class HttpProtocol(asyncio.Protocol):
 
     __slots__ = (
         "server", "transport", "parser", "_url", "_headers", "_body", "_size",
-        "_body_size", "_timer", "_closing", "_in_head", "_head_bytes", "_completed", "_waiting",
+        "_body_size", "_deadline", "_closing", "_in_head", "_head_bytes", "_completed", "_waiting",
     )
 
     def __init__(self, server: "Server") -> None:
@@ -70,7 +70,8 @@ class HttpProtocol(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0
         self._body_size = 0
-        self._timer: asyncio.TimerHandle | None = None
+        #: loop time by which the current request (or the next one, when idle) must arrive; 0: none
+        self._deadline = 0.0
         self._closing = False
         # head-size accounting across data_received calls (see data_received)
         self._in_head = True
@@ -234,18 +235,20 @@ class HttpProtocol(asyncio.Protocol):
             self._cancel_timer()
             transport.close()
 
+    # Timeouts are deadlines that the server's sweep checks (Server._sweep), not a
+    # timer per request: arming one is a float store.
+
     def _arm_timer(self, timeout: float) -> None:
-        self._cancel_timer()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(timeout, self._on_timeout)
+        self._deadline = self.server.loop_time() + timeout
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = 0.0
+
+    def expired(self, now: float) -> bool:
+        return 0.0 < self._deadline <= now
 
     def _on_timeout(self) -> None:
-        self._timer = None
+        self._deadline = 0.0
         if self.transport is not None and not self._closing:
             self._closing = True
             self.transport.close()
