@@ -40,7 +40,7 @@ from .messages import (
     utc_timestamp,
 )
 from .session import Session, Sink
-from .limits import TokenBucket
+from .limits import AbuseMeter, TokenBucket
 from .auth import Authenticator
 from .exceptions import ConnectionClosedError
 
@@ -318,6 +318,9 @@ class Hub:
         within the abuse window.
         """
         now = self.clock()
+        if session.bucket is None:
+            session.bucket = TokenBucket(self.limits.publish_rate, self.limits.publish_burst, now)
+            session.abuse = AbuseMeter(self.limits.publish_rate, now)
         if session.bucket.take(now):
             tenant_bucket = self._tenant_bucket(session.tenant_id, now)
             if tenant_bucket.take(now):
@@ -325,7 +328,7 @@ class Hub:
             retry = tenant_bucket.retry_after()
         else:
             retry = session.bucket.retry_after()
-        if session.abuse.reject(now):
+        if session.abuse.reject(now):  # type: ignore[union-attr]
             raise ConnectionClosedError(codes.RATE_LIMITED_CLOSE)
         raise ProtocolError(codes.RATE_LIMITED, f"publish rate limit: retry in {retry} s", ref, retry)
 

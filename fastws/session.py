@@ -86,11 +86,9 @@ class Session:
         self.user_id = user_id
         self.filters = Filters()
         self.closed = False
-        now = hub.clock()
-        limits = hub.limits
-        #: publishes allowed to this connection, and its rejected ones
-        self.bucket = TokenBucket(limits.publish_rate, limits.publish_burst, now)
-        self.abuse = AbuseMeter(limits.publish_rate, now)
+        #: publishes allowed to this connection, and its rejected ones (made at its first publish)
+        self.bucket: TokenBucket | None = None
+        self.abuse: AbuseMeter | None = None
         #: unix time its token expires (None: open mode); a refresh moves it
         self.expires_at: float | None = None
 

@@ -56,6 +56,13 @@ def valid_close_code(code: int) -> bool:
 class Connection(WSListener):
     """One WebSocket connection: protocol checks, reassembly, and the coalescing Sink."""
 
+    # One per connection: slots, no instance dict (idle memory per connection counts).
+    __slots__ = (
+        "server", "address", "expires_at", "_expiry_timer", "tenant_id", "user_id", "_connect_options",
+        "transport", "session", "_write", "_write_buffer_size", "_pending", "_fragments", "_fragments_binary",
+        "_fragments_size", "_closing", "_backlog", "_backlog_bytes", "_missed", "paused",
+    )
+
     def __init__(
         self,
         server: "Server",
@@ -86,9 +93,10 @@ class Connection(WSListener):
         self._closing = False
         # backpressure: (frame, priority, channel, offset) waiting for the transport, and
         # per channel [first, last, count] of events dropped since the client was last told
-        self._backlog: deque[tuple[bytes, int, str, int]] = deque()
+        # made when first needed: most connections never see backpressure
+        self._backlog: deque[tuple[bytes, int, str, int]] | None = None
         self._backlog_bytes = 0
-        self._missed: dict[str, list[int]] = {}
+        self._missed: dict[str, list[int]] | None = None
         self.paused = False
 
     # -- picows callbacks ------------------------------------------------------------
@@ -292,20 +300,22 @@ class Connection(WSListener):
         self.paused = False
         if self._closing:
             return
-        backlog = self._backlog
-        self._backlog = deque()
+        backlog = self._backlog or ()
+        self._backlog = None
         self._backlog_bytes = 0
         if self._missed:
             self.send(frame_text(orjson.dumps({"type": "missed", "count": sum(m[2] for m in self._missed.values()),
                                                "channels": {ch: {"first": m[0], "last": m[1], "count": m[2]}
                                                             for ch, m in self._missed.items()}})))
-            self._missed = {}
+            self._missed = None
         for frame, _, _, _ in backlog:
             self.send(frame)
 
     def _backlog_add(self, frame: bytes, priority: int, channel: str, offset: int) -> None:
         if self._closing:
             return
+        if self._backlog is None:
+            self._backlog = deque()
         self._backlog.append((frame, priority, channel, offset))
         self._backlog_bytes += len(frame)
         if self._backlog_bytes > self.server.settings.limits.max_send_buffer:
@@ -324,6 +334,8 @@ class Connection(WSListener):
                 if entry_priority == priority and self._backlog_bytes > limit:
                     self._backlog_bytes -= len(frame)
                     drops[priority] += 1
+                    if self._missed is None:
+                        self._missed = {}
                     missed = self._missed.get(channel)
                     if missed is None:
                         self._missed[channel] = [offset, offset, 1]
@@ -349,7 +361,7 @@ class Connection(WSListener):
             self.flush()
         self._closing = True
         self._pending = None
-        self._backlog = deque()
+        self._backlog = None
         transport.send_close(WSCloseCode(close_code), codes.close_reason(reason))
         transport.disconnect(graceful=True)
         if close_code == codes.SLOW_CONSUMER:
