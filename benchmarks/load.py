@@ -302,8 +302,6 @@ def summarize(target: Target, stats: Stats, expected: int, published: int, start
     wall = time.perf_counter() - started
     cpu = target.cpu() - cpu0
     lost = max(0, expected - stats.delivered)
-    for subscriber in subscribers:
-        transport = getattr(subscriber, "transport", None)
     return {
         "target": target.name,
         "delivered": stats.delivered,

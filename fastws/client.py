@@ -30,7 +30,7 @@ import itertools
 import logging
 import random
 from collections import deque
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import orjson

@@ -28,7 +28,7 @@ from .channels import resolve_channel, tenant_channel
 from .config import Limits
 from .broker import Broker
 from .history import History
-from .core import Matcher, frame_event
+from .core import Matcher
 from .exceptions import ProtocolError
 from .messages import (
     PRIORITIES,

@@ -92,7 +92,7 @@ async def test_full_restart_tells_the_application_recovery_failed(settings):
         await client.subscribe("ideas")
         await client.publish("e")
         await collect(client, 1)
-    async with Server(settings.replace(port=port)) as second:
+    async with Server(settings.replace(port=port)):
         await until(lambda: client.is_connected, 15)
         await until(lambda: len(client.recovery_failures) >= 2)
         assert set(client.recovery_failures) == {"tenant:fr", "ideas:fr"}

@@ -6,7 +6,6 @@ import pytest
 
 from fastws.broker import SharedBroker, SharedSegment
 from fastws.config import Limits
-from fastws.core import frame_text
 
 
 class Worker:
