@@ -124,3 +124,24 @@ def test_event_shape_and_timestamp():
 def test_error_reply_omits_null_ref():
     """An error for a command without ref has no ref key."""
     assert orjson.loads(encode_error("invalid_json", "m")) == {"type": "error", "code": "invalid_json", "message": "m"}
+
+
+def test_event_ids_are_unique_uuid4_strings():
+    """Event ids are valid UUID4 strings and never repeat."""
+    import uuid
+
+    from fastws.messages import new_event_id
+
+    ids = [new_event_id() for _ in range(50_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(uuid.UUID(i).version == 4 and str(uuid.UUID(i)) == i for i in ids[:100])
+
+
+def test_timestamps_follow_the_clock(monkeypatch):
+    """The cached timestamp changes with the millisecond."""
+    import fastws.messages as messages
+
+    monkeypatch.setattr(messages.time, "time", lambda: 1_700_000_000.123)
+    assert messages.utc_timestamp() == "2023-11-14T22:13:20.123Z"
+    monkeypatch.setattr(messages.time, "time", lambda: 1_700_000_000.124)
+    assert messages.utc_timestamp() == "2023-11-14T22:13:20.124Z"
