@@ -286,7 +286,7 @@ async def tenants(target: Target, args: argparse.Namespace) -> dict:
     for index, subscriber in enumerate(subscribers):
         subscriber.expected_type = b'"tenantId":"%s"' % names[index // 10].encode()
     publishers = [p for _, p in await asyncio.gather(*(ws_connect(Publisher, f"{target.url}?tenant_id={t}&user_id=pub") for t in names))]
-    per_tenant = max(1, args.events // 100)
+    per_tenant = max(1, args.events // 10)  # 200 events per tenant by default: long enough to measure
     cpu0, load0, started = target.cpu(), time.process_time(), time.perf_counter()
     for n in range(per_tenant):
         for publisher in publishers:
