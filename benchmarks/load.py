@@ -354,24 +354,43 @@ async def http(target: Target, args: argparse.Namespace) -> dict:
     }
 
 
+class Idle(WSListener):
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+
+
+async def _settle(target: Target) -> int:
+    await asyncio.sleep(1.0)
+    return target.rss()
+
+
 async def idle(target: Target, args: argparse.Namespace) -> dict:
-    """N idle connections: RSS per connection, connect rate, server CPU per connection, memory after closing."""
+    """N idle connections: RSS per connection, connect rate, server CPU per connection, and memory
+    after closing them, over two open/close cycles (the second must grow it by < 1 KiB per connection)."""
     count = args.idle
-    before = target.rss()
-    cpu0, started = target.cpu(), time.perf_counter()
-    listeners = await open_many(target.url, count, "idle", WSListener)
-    connect_seconds = time.perf_counter() - started
-    cpu = target.cpu() - cpu0
-    await asyncio.sleep(0.5)
-    opened = target.rss()
-    # closing: the listeners' transports are not kept by open_many; reconnect cycle measures reuse
+    before = await _settle(target)
+    cycles = []
+    for cycle in range(2):
+        cpu0, started = target.cpu(), time.perf_counter()
+        listeners = await open_many(target.url, count, "idle", Idle)
+        connect_seconds = time.perf_counter() - started
+        cpu = target.cpu() - cpu0
+        opened = await _settle(target)
+        for listener in listeners:
+            listener.transport.disconnect()
+        closed = await _settle(target)
+        cycles.append((len(listeners), connect_seconds, cpu, opened, closed))
+    (n1, seconds1, cpu1, opened1, closed1), (n2, _, _, opened2, closed2) = cycles
+    second_growth = (closed2 - closed1) / count / 1024
     return {
         "target": target.name,
-        "connections": len(listeners),
-        "rss_per_connection_kib": round((opened - before) / count / 1024, 2),
-        "connects_per_second": round(count / connect_seconds),
-        "server_cpu_us_per_connection": round(cpu / count * 1e6, 1),
-        "correct": len(listeners) == count,
+        "connections": n1,
+        "rss_per_connection_kib": round((opened1 - before) / count / 1024, 2),
+        "connects_per_second": round(count / seconds1),
+        "server_cpu_us_per_connection": round(cpu1 / count * 1e6, 1),
+        "rss_kept_after_closing_kib_per_connection": round((closed1 - before) / count / 1024, 2),
+        "second_cycle_growth_kib_per_connection": round(second_growth, 3),
+        "correct": n1 == n2 == count and second_growth < 1.0,
     }
 
 
