@@ -38,6 +38,7 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_
 from picows.common import WSHandshakeError
 
 from .exceptions import FastWSError
+from .messages import publish_fields
 
 __all__ = [
     "Client",
@@ -303,12 +304,8 @@ class Client:
         target_user_id: str | None = None,
     ) -> dict[str, Any]:
         """Publish and wait for the ack (``id`` and ``offset``); CommandError if refused."""
-        message: dict[str, Any] = {"type": "publish", "event": event}
-        for key, value in (("payload", payload), ("channel", channel), ("source", source),
-                           ("priority", priority), ("targetUserId", target_user_id)):
-            if value is not None:
-                message[key] = value
-        return await self.request(message)
+        fields = publish_fields(event, payload, channel, source, priority, target_user_id)
+        return await self.request({"type": "publish", **fields})
 
     async def update_filters(self, filters: dict[str, list[str]]) -> dict[str, Any]:
         """Replace the connection's filters (kept across reconnects)."""

@@ -49,6 +49,7 @@ __all__ = [
     "decode_publish",
     "decode_filters",
     "decode_position",
+    "publish_fields",
     "decode_query_filters",
     "encode_event",
     "encode_ack",
@@ -302,6 +303,23 @@ def decode_command(data: bytes | memoryview) -> Command:
     if not is_valid_id(kind):
         raise ProtocolError(codes.INVALID_EVENT, None, ref)
     return Publish(ref, None, kind, obj["data"], "client", DEFAULT_PRIORITY, None)
+
+
+def publish_fields(
+    event: str,
+    payload: JSON = None,
+    channel: str | None = None,
+    source: str | None = None,
+    priority: str | None = None,
+    target_user_id: str | None = None,
+) -> dict[str, JSON]:
+    """The wire fields of a publish (WS command without its type, or a REST body), None ones left out."""
+    fields: dict[str, JSON] = {"event": event}
+    for key, value in (("payload", payload), ("channel", channel), ("source", source), ("priority", priority),
+                       ("targetUserId", target_user_id)):
+        if value is not None:
+            fields[key] = value
+    return fields
 
 
 # --- encoding -----------------------------------------------------------------

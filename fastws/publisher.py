@@ -22,6 +22,7 @@ import httptools
 import orjson
 
 from .client import CommandError
+from .messages import publish_fields
 
 __all__ = ["publish", "apublish", "AsyncPublisher", "PublishError"]
 
@@ -36,12 +37,7 @@ class PublishError(CommandError):
 
 def _body(event: str, payload: Any, channel: str | None, source: str | None, priority: str | None,
           target_user_id: str | None) -> bytes:
-    message: dict[str, Any] = {"event": event}
-    for key, value in (("payload", payload), ("channel", channel), ("source", source), ("priority", priority),
-                       ("targetUserId", target_user_id)):
-        if value is not None:
-            message[key] = value
-    return orjson.dumps(message)
+    return orjson.dumps(publish_fields(event, payload, channel, source, priority, target_user_id))
 
 
 def _headers(tenant_id: str, user_id: str, token: str | None) -> dict[str, str]:
