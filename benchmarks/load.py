@@ -60,7 +60,8 @@ class Target:
         env = {**os.environ, "FASTWS_LOG_LEVEL": "info"}
         self.process = subprocess.Popen(TARGETS[self.name](self.workers), stderr=subprocess.PIPE, env=env)
         deadline = time.monotonic() + 30
-        while not self.url and time.monotonic() < deadline:
+        # the reference serves REST on a port of its own, logged after the WebSocket line
+        while (not self.url or (self.name == "reference" and not self.rest)) and time.monotonic() < deadline:
             line = self.process.stderr.readline()  # type: ignore[union-attr]
             if not line:
                 raise RuntimeError(f"{self.name} exited")
