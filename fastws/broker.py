@@ -235,6 +235,16 @@ class SharedBroker:
         channel = data[start:start + channel_length].decode()
         body = data[start + channel_length:]
         epoch = epoch_bytes.decode()
+        self._track(kind, channel, offset, epoch, global_offset, len(data))
+        if kind == EVENT:
+            if deliver and worker != self.worker:
+                self.on_event(channel, event_type, source, priority, publisher, target, body, offset, published_at)
+        elif kind == COMMAND and deliver:
+            count = self.on_command(body)
+            self._command_results = (self._command_results + [(global_offset, count)])[-8:]
+
+    def _track(self, kind: int, channel: str, offset: int, epoch: str, global_offset: int, size: int) -> None:
+        """Update this worker's replicas with one record (the same whoever wrote it)."""
         self.position_applied = global_offset
         if kind == EVENT:
             replica = self._streams.pop(channel, None)
@@ -243,20 +253,15 @@ class SharedBroker:
             self._streams[channel] = replica  # most recently published last
             replica.last = offset
             replica.last_global = global_offset
-            replica.positions.append((offset, global_offset, len(data)))
-            replica.nbytes += len(data)
+            replica.positions.append((offset, global_offset, size))
+            replica.nbytes += size
             while len(replica.positions) > self.max_events or replica.nbytes > self.max_bytes:
                 replica.nbytes -= replica.positions.popleft()[2]
-            if deliver and worker != self.worker:
-                self.on_event(channel, event_type, source, priority, publisher, target, body, offset, published_at)
         elif kind == START:
             if channel not in self._streams or self._streams[channel].epoch != epoch:
                 self._streams.pop(channel, None)
                 replica = self._streams[channel] = _Replica(epoch, offset)
                 replica.last_global = global_offset
-        elif kind == COMMAND and deliver:
-            count = self.on_command(body)
-            self._command_results = (self._command_results + [(global_offset, count)])[-8:]
         self._forget_evicted()
 
     def _forget_evicted(self) -> None:
@@ -284,7 +289,7 @@ class SharedBroker:
         data = _RECORD.pack(kind, self.worker, offset, time.monotonic(), epoch.encode(), len(channel_bytes)) + channel_bytes + body
         global_offset = ring.next_offset
         ring.append(global_offset, data, event_type, source, priority, publisher, target)
-        self._apply((global_offset, event_type, source, priority, publisher, target, data), deliver=False)
+        self._track(kind, channel, offset, epoch, global_offset, len(data))  # its own record: no parsing back
         return global_offset
 
     def _catch_up_locked(self) -> None:

@@ -22,7 +22,6 @@ from typing import Final
 __all__ = [
     "ERRORS",
     "CLOSE_CODES",
-    "HTTP_STATUS",
     "MAX_CLOSE_REASON",
     "close_reason",
 ]
@@ -146,11 +145,3 @@ ERRORS: Final[dict[str, tuple[int, str]]] = {
     RATE_LIMITED: (429, "too many publishes or connections: slow down (REST: see Retry-After)"),
     TOO_MANY_CONNECTIONS: (429, "the tenant or client address has reached its connection limit"),
 }
-
-
-def http_status(code: str) -> int:
-    """The HTTP status that goes with an error code."""
-    return ERRORS[code][0]
-
-
-HTTP_STATUS: Final[dict[str, int]] = {code: status for code, (status, _) in ERRORS.items()}

@@ -80,8 +80,8 @@ class Metrics:
     #: bytes of client messages received, and of frames written to connections
     bytes_received: int = 0
     bytes_sent: int = 0
-    #: recoveries answered with replayed history
-    events_replayed: int = 0
+    #: recoveries answered with replayed history (one per resume, however many events)
+    replays: int = 0
     #: events dropped for slow connections, by priority rank (low, normal, high, critical)
     drops: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
     errors: int = 0
@@ -271,7 +271,7 @@ class Hub:
             ):
                 continue
             send(frame, priority, channel, offset)
-        self.metrics.events_replayed += 1
+        self.metrics.replays += 1
 
     def unsubscribe(self, session: Session, channel: object, ref: Any = None) -> str:
         try:
