@@ -48,9 +48,11 @@ TARGETS = {
 
 
 class Target:
-    def __init__(self, name: str, workers: int) -> None:
+    def __init__(self, name: str, workers: int, cpus: list[int] | None = None) -> None:
         self.name = name
         self.workers = workers
+        #: the CPUs the server is pinned to (taskset: workers inherit it); None: not pinned
+        self.cpus = cpus
         self.process: subprocess.Popen | None = None
         self.url = ""
         self.rest = ""
@@ -58,7 +60,11 @@ class Target:
 
     def __enter__(self) -> "Target":
         env = {**os.environ, "FASTWS_LOG_LEVEL": "info"}
-        self.process = subprocess.Popen(TARGETS[self.name](self.workers), stderr=subprocess.PIPE, env=env)
+        command = TARGETS[self.name](self.workers)
+        if self.cpus:
+            # taskset execs the server, so the pid stays the server's
+            command = ["taskset", "-c", ",".join(map(str, self.cpus)), *command]
+        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, env=env)
         deadline = time.monotonic() + 30
         # the reference serves REST on a port of its own, logged after the WebSocket line
         while (not self.url or (self.name == "reference" and not self.rest)) and time.monotonic() < deadline:
@@ -279,7 +285,18 @@ async def filtered(target: Target, args: argparse.Namespace) -> dict:
 
 
 async def tenants(target: Target, args: argparse.Namespace) -> dict:
-    """100 tenants x 10 connections; each tenant's publisher reaches only its own tenant."""
+    """100 tenants x 10 connections; each tenant's publisher, as fast as its window of un-acked
+    publishes allows (the fanout rule, per tenant), reaches only its own tenant."""
+    return await _tenants(target, args, args.window)
+
+
+async def tenants_lockstep(target: Target, args: argparse.Namespace) -> dict:
+    """100 tenants x 10 connections, one event per tenant per round, each round waiting for every
+    ack: no connection ever has two events in one loop iteration, so every delivery is a write."""
+    return await _tenants(target, args, 1)
+
+
+async def _tenants(target: Target, args: argparse.Namespace, window: int) -> dict:
     stats = Stats()
     names = [f"t{i}" for i in range(100)]
     subscribers = await open_many(target.url, 1000, [names[i // 10] for i in range(1000)],
@@ -289,10 +306,25 @@ async def tenants(target: Target, args: argparse.Namespace) -> dict:
     publishers = [p for _, p in await asyncio.gather(*(ws_connect(Publisher, f"{target.url}?tenant_id={t}&user_id=pub") for t in names))]
     per_tenant = max(1, args.events // 10)  # 200 events per tenant by default: long enough to measure
     cpu0, load0, started = target.cpu(), time.process_time(), time.perf_counter()
-    for n in range(per_tenant):
+    sent = [0] * len(publishers)
+    loop = asyncio.get_running_loop()
+
+    def room() -> bool:
+        return any(sent[i] < per_tenant and sent[i] - p.acks < window for i, p in enumerate(publishers))
+
+    while any(p.acks < per_tenant for p in publishers):
+        for index, publisher in enumerate(publishers):
+            n = sent[index]
+            while n < per_tenant and n - publisher.acks < window:
+                publisher.publish(n)
+                n += 1
+            sent[index] = n
+        # wait for the next ack of any publisher (checked again first: nothing runs in between)
+        waiter = loop.create_future()
         for publisher in publishers:
-            publisher.publish(n)
-        await wait_until(lambda: all(p.acks > n for p in publishers), 30)
+            publisher.waiter = waiter
+        if not room() and any(p.acks < per_tenant for p in publishers):
+            await asyncio.wait_for(waiter, 30)
     expected = per_tenant * 1000
     await wait_until(lambda: stats.delivered >= expected, 60)
     return summarize(target, stats, expected, per_tenant * 100, started, cpu0, load0, subscribers)
@@ -328,7 +360,7 @@ async def http(target: Target, args: argparse.Namespace) -> dict:
     """REST publishes over keep-alive connections: publishes per second and per server CPU-second."""
     from fastws.publisher import AsyncPublisher
 
-    count = args.events * 5
+    count = args.events * 10  # 20,000 requests by default: CPU is counted in 10 ms ticks
     publishers = [AsyncPublisher(target.rest) for _ in range(8)]
     cpu0, load0, started = target.cpu(), time.process_time(), time.perf_counter()
 
@@ -396,11 +428,14 @@ async def idle(target: Target, args: argparse.Namespace) -> dict:
     }
 
 
-SCENARIOS = {"fanout": fanout, "latency": latency, "filtered": filtered, "tenants": tenants, "http": http, "idle": idle}
+SCENARIOS = {
+    "fanout": fanout, "latency": latency, "filtered": filtered, "tenants": tenants, "tenants-lockstep": tenants_lockstep,
+    "http": http, "idle": idle,
+}
 
 
 async def run_one(scenario: str, target_name: str, args: argparse.Namespace) -> dict:
-    with Target(target_name, args.workers) as target:
+    with Target(target_name, args.workers, args.server_cpus) as target:
         result = await asyncio.wait_for(SCENARIOS[scenario](target, args), 300)
     result["scenario"] = scenario
     return result
@@ -409,8 +444,13 @@ async def run_one(scenario: str, target_name: str, args: argparse.Namespace) -> 
 async def main_async(args: argparse.Namespace) -> list[dict]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 19_000), hard))
+    # One server process on its own core(s), the load on the last one; with more workers than
+    # that leaves cores for, nothing is pinned. A child inherits its parent's affinity: the
+    # server is started under taskset, or it would share the load's core.
     cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) >= 2 and args.workers <= 1:
+    args.server_cpus = None
+    if len(cpus) >= 2 and max(args.workers, 1) <= len(cpus) - 1:
+        args.server_cpus = cpus[:-1]
         os.sched_setaffinity(0, {cpus[-1]})
     scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     targets = ["fastws", "reference", "floor"] if args.compare else [args.target]
