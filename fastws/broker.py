@@ -194,6 +194,8 @@ class SharedBroker:
         self.position_applied = 0
         self.lost = 0
         self._streams: dict[str, _Replica] = {}
+        #: the log's first offset when replicas were last checked for eviction
+        self._first_seen = 0
         self._command_results: list[tuple[int, int]] = []
 
     def __len__(self) -> int:
@@ -262,11 +264,13 @@ class SharedBroker:
                 self._streams.pop(channel, None)
                 replica = self._streams[channel] = _Replica(epoch, offset)
                 replica.last_global = global_offset
-        self._forget_evicted()
-
-    def _forget_evicted(self) -> None:
-        """Drop replicas whose every record has left the log: their next event starts a new stream."""
         first = self.ring.first_offset
+        if first != self._first_seen:
+            self._first_seen = first
+            self._forget_evicted(first)
+
+    def _forget_evicted(self, first: int) -> None:
+        """Drop replicas whose every record has left the log: their next event starts a new stream."""
         streams = self._streams
         while streams:
             channel = next(iter(streams))
@@ -303,8 +307,13 @@ class SharedBroker:
     def sequence(
         self, channel: str, payload: bytes, event_type: str, source: str, priority: int, publisher: str, target: str | None
     ) -> tuple[int, bytes]:
-        with self.segment.exclusive():
-            self._catch_up_locked()
+        # The hot path: the lock taken directly (no context manager), and the log read only
+        # when another worker has appended since this one last did.
+        fd = self.segment.fd
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        try:
+            if self.ring.next_offset != self.position_applied + 1:
+                self._catch_up_locked()
             replica = self._streams.get(channel)
             if replica is None:
                 epoch, last = new_epoch(), 0
@@ -313,6 +322,8 @@ class SharedBroker:
             offset = last + 1
             frame = frame_event(payload, offset)
             self._append(EVENT, channel, offset, epoch, frame, event_type, source, priority, publisher, target)
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
         self.notify()
         return offset, frame
 
