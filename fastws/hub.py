@@ -127,6 +127,8 @@ class Hub:
         #: cached debug flag: the hot path never formats log lines unless set
         self.debug = debug
         self._sessions: dict[int, Session] = {}
+        #: number -> its sink's send_event, bound once: the fan-out loop's only lookup
+        self._senders: dict[int, Callable[[bytes, int, str, int], None]] = {}
         self._tenants: dict[str, TenantState] = {}
         # tenants with no local connection, oldest first; bounded by max_idle_tenants
         self._idle_tenants: dict[str, None] = {}
@@ -155,6 +157,7 @@ class Hub:
         session = Session(self, sink, number, str(uuid.UUID(bytes=os.urandom(16), version=4)), tenant_id, user_id)
         session.expires_at = expires_at
         self._sessions[number] = session
+        self._senders[number] = sink.send_event
         self.matcher.add(number, user_id)
         if filters is not None:
             self.set_filters(session, filters)
@@ -193,6 +196,7 @@ class Hub:
             return
         session.closed = True
         del self._sessions[session.number]
+        del self._senders[session.number]
         tenant = self._tenants[session.tenant_id]
         for channel in self.matcher.subscriptions(session.number):
             self._count_channel(tenant, channel, -1)
@@ -438,18 +442,17 @@ class Hub:
     ) -> int:
         """Hand a numbered event's frame to every matching local connection (events of any worker)."""
         matched = self.matcher.match(channel, event_type, source, priority, publisher, target)
-        sessions = self._sessions
+        senders = self._senders
         for number in matched:
-            sessions[number].sink.send_event(frame, priority, channel, offset)
+            senders[number](frame, priority, channel, offset)
         metrics = self.metrics
         metrics.events_sent += len(matched)
         metrics.last_activity = time.time()
-        tenant = self._tenant(channel.rpartition(":")[2])
+        tenant = self._tenants.get(channel.rpartition(":")[2]) or self._tenant(channel.rpartition(":")[2])
         tenant.events_published += 1
-        limit = self.limits.max_tracked_names
-        if event_type not in tenant.event_types and len(tenant.event_types) < limit:
+        if event_type not in tenant.event_types and len(tenant.event_types) < self.limits.max_tracked_names:
             tenant.event_types[event_type] = None
-        if source not in tenant.sources and len(tenant.sources) < limit:
+        if source not in tenant.sources and len(tenant.sources) < self.limits.max_tracked_names:
             tenant.sources[source] = None
         return len(matched)
 
