@@ -57,7 +57,7 @@ class HttpProtocol(asyncio.Protocol):
     """One TCP connection until it upgrades (or closes)."""
 
     __slots__ = (
-        "server", "transport", "parser", "_url", "_headers", "_body", "_size",
+        "server", "transport", "parser", "_url", "_headers", "_content_length", "_body", "_size",
         "_body_size", "_deadline", "_closing", "_in_head", "_head_bytes", "_completed", "_waiting",
     )
 
@@ -67,6 +67,8 @@ class HttpProtocol(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        #: the last Content-Length header's value, if any
+        self._content_length: bytes | None = None
         self._body: list[bytes] = []
         self._size = 0
         self._body_size = 0
@@ -131,6 +133,7 @@ class HttpProtocol(asyncio.Protocol):
         self._arm_timer(self.server.settings.handshake_timeout)
         self._url = b""
         self._headers = []
+        self._content_length = None
         self._body = []
         self._size = 0
         self._body_size = 0
@@ -141,7 +144,12 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
-        self._count(len(name) + len(value) + 4)
+        self._size += len(name) + len(value) + 4
+        if self._size > self.server.settings.limits.max_header_size:
+            self._respond(error_response(codes.HEADERS_TOO_LARGE), close=True)
+            raise _Abort
+        if len(name) == 14 and name.lower() == b"content-length":
+            self._content_length = value
 
     def _count(self, size: int) -> None:
         self._size += size
@@ -151,15 +159,14 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        for name, value in self._headers:
-            if name.lower() == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    length = -1
-                if length > self.server.settings.limits.max_body_size:
-                    self._respond(error_response(codes.PAYLOAD_TOO_LARGE), close=True)
-                    raise _Abort
+        if self._content_length is not None:
+            try:
+                length = int(self._content_length)
+            except ValueError:
+                length = -1
+            if length > self.server.settings.limits.max_body_size:
+                self._respond(error_response(codes.PAYLOAD_TOO_LARGE), close=True)
+                raise _Abort
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
@@ -239,7 +246,7 @@ class HttpProtocol(asyncio.Protocol):
     # timer per request: arming one is a float store.
 
     def _arm_timer(self, timeout: float) -> None:
-        self._deadline = self.server.loop_time() + timeout
+        self._deadline = self.server.loop_time() + timeout  # loop.time(): a clock read, no syscall
 
     def _cancel_timer(self) -> None:
         self._deadline = 0.0
