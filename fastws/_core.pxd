@@ -6,6 +6,20 @@ cpdef bytes frame_text(bytes payload)
 cpdef bytes frame_event(bytes payload, long long offset)
 
 
+# -- close scanner -------------------------------------------------------------
+
+cdef class CloseScanner:
+    # an unfinished frame header (at most 2 + 8 + 4 bytes)
+    cdef uint8_t _header[14]
+    cdef Py_ssize_t _header_len
+    # payload bytes of the current frame still to come
+    cdef uint64_t _remaining
+    # the current frame is a CLOSE
+    cdef bint _close
+    # a whole CLOSE frame has been passed on
+    cdef readonly bint done
+
+
 # -- matcher -------------------------------------------------------------------
 
 cdef struct Filter:

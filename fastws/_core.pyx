@@ -94,6 +94,68 @@ cpdef bytes frame_event(bytes payload, long long offset):
 
 
 # =============================================================================
+# CloseScanner: where the first CLOSE frame of a client's byte stream ends
+# =============================================================================
+
+
+cdef class CloseScanner:
+    """Follows frame boundaries in a client's byte stream to find where its first CLOSE frame ends.
+
+    The same contract as fastws._core_py.CloseScanner: ``scan(data)`` answers
+    how many bytes of each chunk to pass on (all, or up to the end of the
+    first CLOSE frame, which sets ``done``). Attributes: _core.pxd.
+    """
+
+    def scan(self, data):
+        cdef Py_buffer view
+        cdef const uint8_t* p
+        cdef Py_ssize_t size, at = 0, need, take
+        cdef uint64_t length, step
+        cdef int i
+        if self.done:
+            return 0
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            p = <const uint8_t*>view.buf
+            size = view.len
+            while at < size:
+                if self._remaining:
+                    step = self._remaining if self._remaining < <uint64_t>(size - at) else <uint64_t>(size - at)
+                    at += <Py_ssize_t>step
+                    self._remaining -= step
+                else:
+                    need = 2
+                    if self._header_len >= 2:
+                        length = self._header[1] & 0x7F
+                        need += (2 if length == 126 else 8 if length == 127 else 0) + (4 if self._header[1] & 0x80 else 0)
+                    if self._header_len < need:
+                        take = need - self._header_len
+                        if take > size - at:
+                            take = size - at
+                        memcpy(&self._header[self._header_len], p + at, take)
+                        self._header_len += take
+                        at += take
+                        if self._header_len < need or need == 2:
+                            continue  # more header to come (or its length bytes now known: loop again)
+                    length = self._header[1] & 0x7F
+                    if length == 126:
+                        length = (<uint64_t>self._header[2] << 8) | self._header[3]
+                    elif length == 127:
+                        length = 0
+                        for i in range(8):
+                            length = (length << 8) | self._header[2 + i]
+                    self._close = (self._header[0] & 0x0F) == 0x8
+                    self._remaining = length
+                    self._header_len = 0
+                if not self._remaining and not self._header_len and self._close:
+                    self.done = True
+                    return at
+            return size
+        finally:
+            PyBuffer_Release(&view)
+
+
+# =============================================================================
 # Matcher
 #
 # Theory of operation:

@@ -12,7 +12,7 @@ import os
 import struct
 from typing import Iterable
 
-__all__ = ["IMPLEMENTATION", "frame_text", "frame_event", "Matcher", "RingBuffer", "new_epoch"]
+__all__ = ["IMPLEMENTATION", "frame_text", "frame_event", "CloseScanner", "Matcher", "RingBuffer", "new_epoch"]
 
 IMPLEMENTATION = "python"
 
@@ -35,6 +35,60 @@ def frame_event(payload: bytes, offset: int) -> bytes:
         raise ValueError("payload must be a JSON object and offset non-negative")
     body = payload[:-1] + (b',"offset":%d}' % offset if len(payload) > 2 else b'"offset":%d}' % offset)
     return frame_text(body)
+
+
+class CloseScanner:
+    """Follows frame boundaries in a client's byte stream to find where its first CLOSE frame ends.
+
+    ``scan(data)`` is given each chunk as it arrives and answers how many of
+    its bytes to pass on: all of them, or those up to the end of the first
+    CLOSE frame, after which ``done`` is set and nothing more is to be
+    processed (RFC 6455 5.5.1). Only the headers are read: payloads are
+    skipped by their length, so the cost is per frame, not per byte.
+    """
+
+    __slots__ = ("_header", "_remaining", "_close", "done")
+
+    def __init__(self) -> None:
+        self._header = b""  # an unfinished frame header (at most 14 bytes)
+        self._remaining = 0  # payload bytes of the current frame still to come
+        self._close = False  # the current frame is a CLOSE
+        self.done = False  # a whole CLOSE frame has been passed on
+
+    def scan(self, data: bytes | bytearray | memoryview) -> int:
+        if self.done:
+            return 0
+        size = len(data)
+        at = 0
+        while at < size:
+            if self._remaining:
+                step = min(self._remaining, size - at)
+                at += step
+                self._remaining -= step
+            else:
+                header = self._header
+                need = 2
+                if len(header) >= 2:
+                    length = header[1] & 0x7F
+                    need += (2 if length == 126 else 8 if length == 127 else 0) + (4 if header[1] & 0x80 else 0)
+                if len(header) < need:
+                    take = min(need - len(header), size - at)
+                    header = self._header = header + bytes(data[at:at + take])
+                    at += take
+                    if len(header) < need or need == 2:
+                        continue  # more header to come (or its length bytes now known: loop again)
+                length = header[1] & 0x7F
+                if length == 126:
+                    length = int.from_bytes(header[2:4], "big")
+                elif length == 127:
+                    length = int.from_bytes(header[2:10], "big")
+                self._close = header[0] & 0x0F == 0x8
+                self._remaining = length
+                self._header = b""
+            if not self._remaining and not self._header and self._close:
+                self.done = True
+                return at
+        return size
 
 
 class Matcher:

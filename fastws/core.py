@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["IMPLEMENTATION", "frame_text", "frame_event", "new_epoch", "Matcher", "RingBuffer"]
+__all__ = ["IMPLEMENTATION", "frame_text", "frame_event", "new_epoch", "CloseScanner", "Matcher", "RingBuffer"]
 
 if os.environ.get("FASTWS_NO_EXTENSIONS", "") not in ("", "0"):
-    from ._core_py import IMPLEMENTATION, Matcher, RingBuffer, frame_event, frame_text, new_epoch
+    from ._core_py import IMPLEMENTATION, CloseScanner, Matcher, RingBuffer, frame_event, frame_text, new_epoch
 else:
     try:
-        from ._core import IMPLEMENTATION, Matcher, RingBuffer, frame_event, frame_text, new_epoch  # type: ignore[no-redef]
+        from ._core import IMPLEMENTATION, CloseScanner, Matcher, RingBuffer, frame_event, frame_text, new_epoch  # type: ignore[no-redef]
     except ImportError:
-        from ._core_py import IMPLEMENTATION, Matcher, RingBuffer, frame_event, frame_text, new_epoch  # type: ignore[no-redef,assignment]
+        from ._core_py import IMPLEMENTATION, CloseScanner, Matcher, RingBuffer, frame_event, frame_text, new_epoch  # type: ignore[no-redef,assignment]

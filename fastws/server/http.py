@@ -20,6 +20,7 @@ import httptools
 from picows.picows import WSAutoPingStrategy, WSProtocol  # type: ignore[attr-defined]
 
 from .. import codes
+from ..core import CloseScanner
 from ..rest import Request, Response, error_response
 
 if TYPE_CHECKING:
@@ -344,19 +345,17 @@ class CloseGuard(asyncio.BufferedProtocol):
     current one, so a second CLOSE arriving in the same read as the first is
     refused with 1002 before the first is answered (Autobahn case 7.1.2).
     RFC 6455 5.5.1: after a CLOSE, nothing more is to be processed. The guard
-    reads picows' own buffer (zero copy), follows frame boundaries from the
-    headers, and passes on data only up to the end of the first CLOSE frame.
+    reads picows' own buffer (zero copy) and passes on data only up to the end
+    of the first CLOSE frame, which a CloseScanner (compiled core) finds by
+    following the frame headers.
     """
 
-    __slots__ = ("inner", "_buffer", "_header", "_remaining", "_close", "_done")
+    __slots__ = ("inner", "_buffer", "_scanner")
 
     def __init__(self, inner: asyncio.BufferedProtocol) -> None:
         self.inner = inner
         self._buffer: memoryview | None = None
-        self._header = bytearray()  # an unfinished frame header
-        self._remaining = 0  # payload bytes of the current frame still to come
-        self._close = False  # the current frame is a CLOSE
-        self._done = False  # a whole CLOSE frame has been passed on
+        self._scanner = CloseScanner()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # pragma: no cover - set_protocol
         self.inner.connection_made(transport)
@@ -378,41 +377,7 @@ class CloseGuard(asyncio.BufferedProtocol):
         return self._buffer  # type: ignore[return-value]
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._done:
+        scanner = self._scanner
+        if scanner.done:
             return
-        keep = self._scan(self._buffer[:nbytes])  # type: ignore[index]
-        self.inner.buffer_updated(keep)
-
-    def _scan(self, data: memoryview) -> int:
-        """How many of ``data``'s bytes to pass on: all, or up to the end of a CLOSE frame."""
-        size = len(data)
-        at = 0
-        while at < size:
-            if self._remaining:
-                step = min(self._remaining, size - at)
-                at += step
-                self._remaining -= step
-            else:
-                header = self._header
-                need = 2
-                if len(header) >= 2:
-                    length = header[1] & 0x7F
-                    need += (2 if length == 126 else 8 if length == 127 else 0) + (4 if header[1] & 0x80 else 0)
-                if len(header) < need:
-                    take = min(need - len(header), size - at)
-                    header += data[at:at + take]
-                    at += take
-                    if len(header) < need or need == 2:
-                        continue  # more header to come (or its length bytes now known: loop again)
-                length = header[1] & 0x7F
-                if length == 126:
-                    length = int.from_bytes(header[2:4], "big")
-                elif length == 127:
-                    length = int.from_bytes(header[2:10], "big")
-                self._close = header[0] & 0x0F == 0x8
-                self._remaining = length
-                self._header = bytearray()
-            if not self._remaining and not self._header and self._close:
-                self._done = True
-                return at
-        return size
+        self.inner.buffer_updated(scanner.scan(self._buffer[:nbytes]))  # type: ignore[index]
