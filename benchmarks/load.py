@@ -1,6 +1,6 @@
 """End-to-end load generator: scenarios against fastws, the reference server, or the floor.
 
-    python -m benchmarks.load [--scenario fanout|latency|filtered|tenants|http|idle|all]
+    python -m benchmarks.load [--scenario fanout|latency|latency-100|filtered|tenants|tenants-lockstep|http|idle|all]
                               [--target fastws|reference|floor] [--workers N] [--compare]
 
 Each scenario starts the server fresh (fastws: ``fastws serve --workers N``;
@@ -247,15 +247,24 @@ async def fanout(target: Target, args: argparse.Namespace) -> dict:
 
 async def latency(target: Target, args: argparse.Namespace) -> dict:
     """Publishes at a fixed rate (below saturation) to N subscribers: delivery latency."""
+    return await _latency(target, args, args.connections)
+
+
+async def latency_100(target: Target, args: argparse.Namespace) -> dict:
+    """The latency scenario with 100 subscribers: what is left when the load reads few sockets."""
+    return await _latency(target, args, 100)
+
+
+async def _latency(target: Target, args: argparse.Namespace, connections: int) -> dict:
     stats = Stats()
-    subscribers = await open_many(target.url, args.connections, "lat", lambda: Subscriber(stats))
+    subscribers = await open_many(target.url, connections, "lat", lambda: Subscriber(stats))
     _, publisher = await ws_connect(Publisher, f"{target.url}?tenant_id=lat&user_id=pub")
     events = int(args.rate * args.seconds)
     cpu0, load0, started = target.cpu(), time.process_time(), time.perf_counter()
     for n in range(events):
         await asyncio.sleep(max(0.0, started + n / args.rate - time.perf_counter()))
         publisher.publish(n)
-    expected = events * args.connections
+    expected = events * connections
     await wait_until(lambda: stats.delivered >= expected, 60)
     return summarize(target, stats, expected, events, started, cpu0, load0, subscribers)
 
@@ -429,7 +438,7 @@ async def idle(target: Target, args: argparse.Namespace) -> dict:
 
 
 SCENARIOS = {
-    "fanout": fanout, "latency": latency, "filtered": filtered, "tenants": tenants, "tenants-lockstep": tenants_lockstep,
+    "fanout": fanout, "latency": latency, "latency-100": latency_100, "filtered": filtered, "tenants": tenants, "tenants-lockstep": tenants_lockstep,
     "http": http, "idle": idle,
 }
 
@@ -468,7 +477,7 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
 
 
 def report(results: list[dict]) -> None:
-    figures = ["delivered_per_server_cpu_second", "publishes_per_server_cpu_second", "latency_ms_p99",
+    figures = ["delivered_per_server_cpu_second", "publishes_per_server_cpu_second", "latency_ms_p50", "latency_ms_p99",
                "rss_per_connection_kib", "server_cpu_us_per_connection"]
     by = {}
     for result in results:
