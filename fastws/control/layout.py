@@ -1,4 +1,4 @@
-"""The control plane's shared-memory layout (version 1) and pure pack/unpack functions.
+"""The control plane's shared-memory layout (version 2) and pure pack/unpack functions.
 
 One writable buffer (an mmap of a file in /dev/shm, shared by the supervisor
 and every worker), little-endian::
@@ -11,13 +11,15 @@ and every worker), little-endian::
                           (1 on, 2 off), tenant id (64 bytes)
     workers    ROW.size bytes each, max_workers rows: one writer each (its
                           worker); see WorkerStats
-    counters   2 x max_workers x COUNTER_SLOTS u32: open connections per
-                          client address and per tenant, by hash slot, one
-                          array per worker (its only writer); a total is the
-                          sum over workers, and a worker that dies has its
-                          arrays cleared by the supervisor. Keys that share a
-                          slot share a count, which can only make a limit
-                          stricter, never looser.
+    counters   2 x COUNTER_SLOTS x max_workers u32: open connections per
+                          client address and per tenant, by hash slot, then
+                          by worker (each worker the only writer of its
+                          column); a total is the sum over one slot's
+                          workers, which sit side by side (reading a total
+                          touches one page, not one per worker), and a
+                          worker that dies has its column cleared by the
+                          supervisor. Keys that share a slot share a count,
+                          which can only make a limit stricter, never looser.
 
 Flags are written by whichever worker serves a change, under the shared
 lock (fastws.broker), as a seqlock so readers never see half a change.
@@ -45,7 +47,7 @@ __all__ = [
     "unpack_worker",
 ]
 
-VERSION = 1
+VERSION = 2
 _MAGIC = b"FWCP"
 _HEADER = struct.Struct("<4sHHHHQBBBBH")
 HEADER_SIZE = 64
@@ -221,7 +223,7 @@ class ControlPlane:
 
     def _counter(self, worker: int, kind: str, key: str) -> int:
         slot = zlib.crc32(key.encode()) % COUNTER_SLOTS
-        return ((COUNTER_KINDS.index(kind) * self.max_workers) + worker) * COUNTER_SLOTS + slot
+        return ((COUNTER_KINDS.index(kind) * COUNTER_SLOTS) + slot) * self.max_workers + worker
 
     def count(self, worker: int, kind: str, key: str, delta: int) -> None:
         """Add ``delta`` to this worker's count of open connections for an address or tenant."""
@@ -231,13 +233,14 @@ class ControlPlane:
     def total(self, kind: str, key: str) -> int:
         """Open connections for an address or tenant, over every worker."""
         first = self._counter(0, kind, key)
-        return sum(self._counters[first + worker * COUNTER_SLOTS] for worker in range(self.max_workers))
+        return sum(self._counters[first:first + self.max_workers])
 
     def clear_counts(self, worker: int) -> None:
         """Forget a worker's counts (it died with its connections)."""
+        size = COUNTER_SLOTS * self.max_workers
         for kind in range(len(COUNTER_KINDS)):
-            start = (kind * self.max_workers + worker) * COUNTER_SLOTS
-            self._counters[start:start + COUNTER_SLOTS] = array("I", bytes(4 * COUNTER_SLOTS))
+            start = kind * size + worker
+            self._counters[start:start + size:self.max_workers] = array("I", bytes(4 * COUNTER_SLOTS))
 
     def workers(self) -> dict[int, WorkerStats]:
         """Rows of workers that are not empty."""
