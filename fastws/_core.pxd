@@ -60,7 +60,7 @@ cdef class _Interner:
 
 cdef class _Connection:
     cdef str user_id
-    cdef set channels
+    cdef tuple channels
     cdef Filter filter
 
 

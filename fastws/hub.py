@@ -100,6 +100,8 @@ class TenantState:
     sources: dict[str, None] = field(default_factory=dict)
     #: the tenant's publish rate limit on this worker
     bucket: TokenBucket | None = None
+    #: ``tenant:T``, one string for all of the tenant's connections
+    home: str = ""
 
 
 class Hub:
@@ -164,7 +166,9 @@ class Hub:
         tenant = self._tenant(tenant_id)
         tenant.connections += 1
         self._idle_tenants.pop(tenant_id, None)
-        channel = tenant_channel(tenant_id)
+        channel = tenant.home
+        if not channel:
+            channel = tenant.home = tenant_channel(tenant_id)
         self._add_subscription(session, channel, None)
         metrics = self.metrics
         metrics.total_connections += 1

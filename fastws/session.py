@@ -45,6 +45,9 @@ __all__ = ["Sink", "Session"]
 
 log = logging.getLogger("fastws.session")
 
+#: no filters (Filters is immutable: one object for every session without any)
+_NO_FILTERS = Filters()
+
 
 class Sink(Protocol):
     """Where a session's outgoing frames go."""
@@ -84,7 +87,7 @@ class Session:
         self.connection_id = connection_id
         self.tenant_id = tenant_id
         self.user_id = user_id
-        self.filters = Filters()
+        self.filters = _NO_FILTERS
         self.closed = False
         #: publishes allowed to this connection, and its rejected ones (made at its first publish)
         self.bucket: TokenBucket | None = None
