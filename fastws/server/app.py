@@ -12,6 +12,8 @@ import asyncio
 import logging
 import signal
 import socket
+import sys
+import time
 from typing import Any
 
 from .. import __version__, codes
@@ -72,6 +74,7 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dirty: list[Connection] = []
         self._sweeper: asyncio.TimerHandle | None = None
+        self._heartbeat_timer: asyncio.TimerHandle | None = None
 
     def _state(self) -> str:
         return "running" if self.accepting else "draining"
@@ -88,6 +91,7 @@ class Server:
                           reuse_port=self._reuse_port or None)
         self.control.start(self._loop)
         self._sweeper = self._loop.call_later(self._sweep_interval(), self._sweep)
+        self._heartbeat_timer = self._loop.call_later(self._heartbeat_interval(), self._heartbeat)
         self._server = await self._loop.create_server(lambda: HttpProtocol(self), **kwargs)
         self.rest.fallback_ws_url = self.ws_url
         self.accepting = True
@@ -107,6 +111,24 @@ class Server:
         for http in [h for h in self.http_connections if h.expired(now)]:
             http._on_timeout()
         self._sweeper = self._loop.call_later(self._sweep_interval(), self._sweep)  # type: ignore[union-attr]
+
+    def _heartbeat_interval(self) -> float:
+        interval = self.settings.ping_interval
+        if interval <= 0:
+            return 1.0  # pings off: look again (a reload may turn them on)
+        return max(0.02, min(interval, self.settings.ping_timeout) / 4)
+
+    def _heartbeat(self) -> None:
+        """Ping WebSocket peers silent for ping_interval; close those that leave a ping unanswered
+        for ping_timeout with 1001. One timer for every connection, checked every quarter of the
+        shorter of the two (a ping or a close comes at most that late)."""
+        interval = self.settings.ping_interval
+        if interval > 0:
+            timeout = min(self.settings.ping_timeout, interval)
+            now = time.monotonic()
+            for connection in list(self.connections):
+                connection.heartbeat(now, interval, timeout)
+        self._heartbeat_timer = self._loop.call_later(self._heartbeat_interval(), self._heartbeat)  # type: ignore[union-attr]
 
     def reload(self, settings: Settings) -> None:
         """Use new settings (limits, timeouts, keys, origins) for what comes next; open connections stay."""
@@ -147,6 +169,9 @@ class Server:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        if self._heartbeat_timer is not None:
+            self._heartbeat_timer.cancel()
+            self._heartbeat_timer = None
         self.control.stop("draining")
         for connection in list(self.connections):
             connection.close(close_code, "server shutting down")
@@ -211,7 +236,8 @@ class Server:
         refused = self.control.admit(request.client, tenant_id)
         if refused is not None:
             return refused
-        return Connection(self, tenant_id, user_id, filters, since, epoch, request.client, expires_at)
+        # kept per connection: one string per tenant and per client address, not one per connection
+        return Connection(self, sys.intern(tenant_id), user_id, filters, since, epoch, sys.intern(request.client), expires_at)
 
     # -- operations -----------------------------------------------------------------------
 

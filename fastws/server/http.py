@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 import httptools
+from picows import WSUpgradeResponseWithListener
 from picows.picows import WSAutoPingStrategy, WSProtocol  # type: ignore[attr-defined]
 
 from .. import codes
@@ -29,6 +32,8 @@ if TYPE_CHECKING:
 __all__ = ["HttpProtocol"]
 
 log = logging.getLogger("fastws.http")
+
+_monotonic = time.monotonic
 
 _STATUS_LINES = {
     status: f"HTTP/1.1 {status} {phrase}\r\n".encode()
@@ -48,6 +53,54 @@ _STATUS_LINES = {
         503: "Service Unavailable",
     }.items()
 }
+
+
+#: request headers replayed to picows on an upgrade: the ones it checks (the handshake's, and
+#: those it refuses a request for); it keeps the parsed request for the connection's lifetime
+_UPGRADE_HEADERS = frozenset((
+    b"upgrade", b"connection", b"sec-websocket-key", b"sec-websocket-version", b"transfer-encoding", b"content-length",
+))
+#: picows refuses a request with more header lines than this
+_PICOWS_MAX_HEADERS = 128
+
+
+class _SwitchingProtocols:
+    """picows' own 101 response, one object for every upgrade.
+
+    picows sets the Sec-WebSocket-Accept header of the response it is given,
+    serializes it at once, writes it, and then keeps a reference to it for
+    the connection's lifetime (``WSTransport.response``, which fastws never
+    reads). A response per connection would cost about 0.8 KiB for that
+    reference alone; this one holds the accept value only between picows'
+    two calls. The bytes are those of ``WSUpgradeResponse.create_101_response()``.
+    """
+
+    __slots__ = ("_accept",)
+    version = b"HTTP/1.1"
+    status = HTTPStatus.SWITCHING_PROTOCOLS
+    body = None
+
+    def __init__(self) -> None:
+        self._accept = ""
+
+    @property
+    def headers(self) -> "_SwitchingProtocols":
+        return self
+
+    def __setitem__(self, name: str, value: str) -> None:
+        if name != "Sec-WebSocket-Accept":
+            raise KeyError(name)
+        self._accept = value
+
+    def to_bytes(self) -> bytearray:
+        accept, self._accept = self._accept, ""
+        return bytearray(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Accept: %s\r\n\r\n" % accept.encode("ascii")
+        )
+
+
+_SWITCHING_PROTOCOLS = _SwitchingProtocols()
 
 
 class _Abort(Exception):
@@ -299,13 +352,15 @@ class HttpProtocol(asyncio.Protocol):
             None,  # host_port (client side only)
             None,  # ws_path (client side only)
             False,  # is_client_side
-            lambda upgrade_request: listener,
+            lambda upgrade_request: WSUpgradeResponseWithListener(_SWITCHING_PROTOCOLS, listener),
             self.server.picows_logger,
             True,  # disconnect_on_exception
             settings.handshake_timeout,
-            settings.ping_interval > 0,  # enable_auto_ping
-            settings.ping_interval or 20.0,
-            min(settings.ping_timeout, settings.ping_interval or 20.0),
+            # auto-ping off: Server._heartbeat pings idle peers from one timer (picows' costs a
+            # task per connection, about 2 KiB each)
+            False,  # enable_auto_ping
+            20.0,
+            20.0,
             WSAutoPingStrategy.PING_WHEN_IDLE,
             False,  # enable_auto_pong: Connection answers pings after checking the frame
             settings.limits.max_message_size,  # max_frame_size: a frame can't be larger than a message
@@ -313,6 +368,7 @@ class HttpProtocol(asyncio.Protocol):
             2048,  # read_buffer_init_size: small, grows on demand
         )
         guard = CloseGuard(protocol)
+        listener.guard = guard
         transport.set_protocol(guard)
         protocol.connection_made(transport)
         # The request goes to picows as it came; what followed it (frames) through the guard.
@@ -321,9 +377,22 @@ class HttpProtocol(asyncio.Protocol):
             _feed(guard, tail, transport)
 
     def _raw_request(self, method: str) -> bytes:
-        parts = [method.encode(), b" ", self._url, b" HTTP/1.1\r\n"]
-        for name, value in self._headers:
-            parts += (name, b": ", value, b"\r\n")
+        """The request for picows: what its handshake checks, not what it would only keep.
+
+        picows keeps the request it parsed (target and headers) for the
+        connection's lifetime, so it is given the handshake headers and those
+        it refuses a request for, with a short target: cookies, tokens and the
+        like are not kept per connection. Every other header has been checked
+        by httptools (picows' own checks of a header line are the same); a
+        request with more header lines than picows takes is replayed whole
+        (and refused by picows, as before).
+        """
+        headers = self._headers
+        whole = len(headers) > _PICOWS_MAX_HEADERS
+        parts = [method.encode(), b" ", self._url if whole else b"/ws", b" HTTP/1.1\r\n"]
+        for name, value in headers:
+            if whole or name.lower() in _UPGRADE_HEADERS:
+                parts += (name, b": ", value, b"\r\n")
         parts.append(b"\r\n")
         return b"".join(parts)
 
@@ -338,7 +407,7 @@ def _feed(protocol: asyncio.BufferedProtocol, data: bytes, transport: asyncio.Tr
         protocol.buffer_updated(size)
 
 
-class CloseGuard(asyncio.BufferedProtocol):
+class CloseGuard(CloseScanner, asyncio.BufferedProtocol):
     """Sits between the transport and picows' WSProtocol: hands it nothing after a CLOSE frame.
 
     picows parses the frame after the current one before delivering the
@@ -346,16 +415,24 @@ class CloseGuard(asyncio.BufferedProtocol):
     refused with 1002 before the first is answered (Autobahn case 7.1.2).
     RFC 6455 5.5.1: after a CLOSE, nothing more is to be processed. The guard
     reads picows' own buffer (zero copy) and passes on data only up to the end
-    of the first CLOSE frame, which a CloseScanner (compiled core) finds by
-    following the frame headers.
+    of the first CLOSE frame, which it finds as a CloseScanner (compiled core:
+    it follows the frame headers in C). It also notes when data last arrived,
+    for the server's heartbeat.
     """
 
-    __slots__ = ("inner", "_buffer", "_scanner")
+    __slots__ = ("inner", "_buffer", "last_read")
+
+    # uvloop's set_protocol() caches ``protocol.data_received`` when there is one and keeps
+    # the previous protocol's otherwise, which would keep the HttpProtocol (and its request)
+    # alive as long as the connection: None.
+    data_received = None
 
     def __init__(self, inner: asyncio.BufferedProtocol) -> None:
+        super().__init__()
         self.inner = inner
         self._buffer: memoryview | None = None
-        self._scanner = CloseScanner()
+        #: monotonic time data last arrived (the heartbeat pings peers silent for long)
+        self.last_read = _monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # pragma: no cover - set_protocol
         self.inner.connection_made(transport)
@@ -377,7 +454,8 @@ class CloseGuard(asyncio.BufferedProtocol):
         return self._buffer  # type: ignore[return-value]
 
     def buffer_updated(self, nbytes: int) -> None:
-        scanner = self._scanner
-        if scanner.done:
+        buffer, self._buffer = self._buffer, None  # not kept between reads
+        self.last_read = _monotonic()
+        if self.done:
             return
-        self.inner.buffer_updated(scanner.scan(self._buffer[:nbytes]))  # type: ignore[index]
+        self.inner.buffer_updated(self.scan(buffer[:nbytes]))  # type: ignore[index]

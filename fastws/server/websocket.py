@@ -27,6 +27,7 @@ from ..messages import Filters
 
 if TYPE_CHECKING:
     from ..session import Session
+    from .http import CloseGuard
     from .app import Server
 
 __all__ = ["Connection", "valid_close_code"]
@@ -59,8 +60,8 @@ class Connection(WSListener):
     # One per connection: slots, no instance dict (idle memory per connection counts).
     __slots__ = (
         "server", "address", "expires_at", "_expiry_timer", "tenant_id", "user_id", "_connect_options",
-        "transport", "session", "_write", "_write_buffer_size", "_pending", "_fragments", "_fragments_binary",
-        "_fragments_size", "_closing", "_backlog", "_backlog_bytes", "_missed", "paused",
+        "transport", "session", "_write", "_pending", "_fragments", "_fragments_binary",
+        "_fragments_size", "_closing", "_backlog", "_backlog_bytes", "_missed", "paused", "guard", "ping_sent_at",
     )
 
     def __init__(
@@ -80,12 +81,11 @@ class Connection(WSListener):
         self._expiry_timer: asyncio.TimerHandle | None = None
         self.tenant_id = tenant_id
         self.user_id = user_id
-        # what the connect URL asked for, applied when the handshake completes
-        self._connect_options = (filters, since, epoch)
+        # what the connect URL asked for, applied when the handshake completes (None: nothing)
+        self._connect_options = None if filters is None and since is None and epoch is None else (filters, since, epoch)
         self.transport: WSTransport | None = None
         self.session: Session | None = None
         self._write = None
-        self._write_buffer_size = None
         self._pending: list[bytes] | None = None
         self._fragments: bytearray | None = None
         self._fragments_binary = False
@@ -98,6 +98,10 @@ class Connection(WSListener):
         self._backlog_bytes = 0
         self._missed: dict[str, list[int]] | None = None
         self.paused = False
+        #: the CloseGuard in front of picows (it notes when data last arrived: Server._heartbeat)
+        self.guard: "CloseGuard | None" = None
+        #: monotonic time of the heartbeat PING awaiting its PONG; 0.0: none
+        self.ping_sent_at = 0.0
 
     # -- picows callbacks ------------------------------------------------------------
 
@@ -111,9 +115,9 @@ class Connection(WSListener):
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_send_buffer)
         self._write = underlying.write
-        self._write_buffer_size = underlying.get_write_buffer_size
         if not self.server.echo:  # the echo mode (tests) has no session and sends no welcome
-            filters, since, epoch = self._connect_options
+            filters, since, epoch = self._connect_options or (None, None, None)
+            self._connect_options = None
             self.session = self.server.hub.connect(
                 self, self.tenant_id, self.user_id, filters, since, epoch, self.expires_at
             )
@@ -201,6 +205,8 @@ class Connection(WSListener):
             if msg_type == _PING:
                 # Answered here, not by picows, so the RSV check above applies to pings too.
                 self.transport.send_pong(frame.get_payload_as_bytes())  # type: ignore[union-attr]
+            else:
+                self.ping_sent_at = 0.0  # the peer is alive (Server._heartbeat)
         elif msg_type == _BINARY:
             if self._fragments is not None:
                 raise ConnectionClosedError(codes.PROTOCOL_ERROR, "new message before the last one finished")
@@ -349,6 +355,28 @@ class Connection(WSListener):
         if self._backlog_bytes > limit:
             drops[3] += sum(1 for entry in self._backlog if entry[1] == 3)
             self.close(codes.SLOW_CONSUMER, "slow consumer: critical events could not be delivered")
+
+    def heartbeat(self, now: float, interval: float, timeout: float) -> None:
+        """PING a peer silent for ``interval`` seconds; close one that left a PING unanswered for
+        ``timeout`` seconds with 1001 (what picows' auto-ping did, from one server-wide timer
+        instead of a task per connection)."""
+        if self._closing or self.transport is None:
+            return
+        transport = self.transport
+        if self.ping_sent_at:
+            if now - self.ping_sent_at >= timeout:
+                self.server.picows_logger.info(
+                    "Initiating disconnect because no PONG was received within %s seconds", timeout)
+                self._closing = True
+                self._pending = None
+                self._backlog = None
+                transport.send_close(
+                    WSCloseCode.GOING_AWAY, f"peer has not replied to ping/heartbeat request within {timeout} second(s)")
+                # Dropped, not closed gracefully: a dead peer would hold a graceful close until TCP gives up.
+                asyncio.get_running_loop().call_later(0.01, transport.underlying_transport.abort)
+        elif self.guard is not None and now - self.guard.last_read >= interval:
+            transport.send_ping()
+            self.ping_sent_at = now
 
     def close(self, close_code: int, reason: str) -> None:
         """Flush queued frames, send a close frame and end the connection (idempotent)."""
