@@ -136,6 +136,15 @@ class Connection(WSListener):
         if self.session is not None:
             self.server.hub.disconnect(self.session)
             self.server.control.connection_closed(self.address, self.tenant_id)
+        # Break the reference cycles (the session's sink is this connection; the guard holds
+        # picows' protocol, which holds this listener), so the connection's memory goes now,
+        # by reference counting, not at the next full garbage collection.
+        self.session = None
+        self.guard = None
+        self.transport = None
+        self._write = None
+        self._expiry_timer = None
+        self._backlog = None
 
     def _arm_expiry(self, expires_at: float) -> None:
         delay = max(0.0, expires_at - time.time())
