@@ -402,7 +402,8 @@ class Idle(WSListener):
 
 
 async def _settle(target: Target) -> int:
-    await asyncio.sleep(1.0)
+    # fastws gives freed memory back from its once-a-second sweep (fastws.server.allocator)
+    await asyncio.sleep(2.0)
     return target.rss()
 
 

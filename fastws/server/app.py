@@ -27,6 +27,7 @@ from ..rest import Request, Response, RestAPI, error_response
 from ..auth import Authenticator, OriginPolicy, bearer_token
 from ..broker import SharedSegment
 from ..control import Flags
+from . import allocator
 from .control import WorkerControl
 from .http import HttpProtocol
 from .websocket import Connection
@@ -75,6 +76,8 @@ class Server:
         self._dirty: list[Connection] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._heartbeat_timer: asyncio.TimerHandle | None = None
+        #: most WebSocket connections open since memory was last given back (see _sweep)
+        self._connections_high = 0
 
     def _state(self) -> str:
         return "running" if self.accepting else "draining"
@@ -106,10 +109,17 @@ class Server:
         return max(0.02, min(1.0, settings.handshake_timeout / 4, settings.keepalive_timeout / 4))
 
     def _sweep(self) -> None:
-        """Close HTTP connections past their deadline (request or keep-alive timeout)."""
+        """Close HTTP connections past their deadline (request or keep-alive timeout); give memory
+        back to the system once many WebSocket connections have gone (fastws.server.allocator)."""
         now = self._loop.time()  # type: ignore[union-attr]
         for http in [h for h in self.http_connections if h.expired(now)]:
             http._on_timeout()
+        open_now = len(self.connections)
+        if open_now > self._connections_high:
+            self._connections_high = open_now
+        elif self._connections_high - open_now >= allocator.TRIM_AFTER:
+            self._connections_high = open_now
+            allocator.trim()
         self._sweeper = self._loop.call_later(self._sweep_interval(), self._sweep)  # type: ignore[union-attr]
 
     def _heartbeat_interval(self) -> float:
