@@ -18,6 +18,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import TYPE_CHECKING, Protocol
 
 from . import codes
@@ -41,12 +42,21 @@ from .messages import (
 if TYPE_CHECKING:
     from .hub import Hub
 
-__all__ = ["Sink", "Session"]
+__all__ = ["Sink", "Session", "connection_id_bytes"]
 
 log = logging.getLogger("fastws.session")
 
 #: no filters (Filters is immutable: one object for every session without any)
 _NO_FILTERS = Filters()
+
+
+def connection_id_bytes(connection_id: str) -> bytes | None:
+    """The 16 bytes of a connection id as fastws writes it (a lower-case UUID); None for any other string."""
+    try:
+        parsed = uuid.UUID(connection_id)
+    except ValueError:
+        return None
+    return parsed.bytes if str(parsed) == connection_id else None
 
 
 class Sink(Protocol):
@@ -66,7 +76,7 @@ class Session:
     """One WebSocket connection's state: identity, filters, and command dispatch."""
 
     __slots__ = (
-        "hub", "sink", "number", "connection_id", "tenant_id", "user_id", "filters", "closed",
+        "hub", "sink", "number", "_id", "tenant_id", "user_id", "filters", "closed",
         "bucket", "abuse", "expires_at",
     )
 
@@ -83,8 +93,8 @@ class Session:
         self.sink = sink
         #: the small integer the matcher knows this connection by
         self.number = number
-        #: the id clients and operators see
-        self.connection_id = connection_id
+        # the id clients and operators see, as its 16 bytes (a str of it is 96 bytes per connection)
+        self._id = uuid.UUID(connection_id).bytes
         self.tenant_id = tenant_id
         self.user_id = user_id
         self.filters = _NO_FILTERS
@@ -94,6 +104,16 @@ class Session:
         self.abuse: AbuseMeter | None = None
         #: unix time its token expires (None: open mode); a refresh moves it
         self.expires_at: float | None = None
+
+    @property
+    def connection_id(self) -> str:
+        """The id clients and operators see (a UUID string)."""
+        return str(uuid.UUID(bytes=self._id))
+
+    @property
+    def id_bytes(self) -> bytes:
+        """The connection id's 16 bytes (see :func:`connection_id_bytes`)."""
+        return self._id
 
     def __repr__(self) -> str:
         return f"<Session {self.connection_id} tenant={self.tenant_id} user={self.user_id}>"

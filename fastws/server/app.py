@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 import socket
 import sys
-import time
 from typing import Any
 
 from .. import __version__, codes
@@ -24,6 +24,7 @@ from ..exceptions import ProtocolError
 from ..messages import decode_position, decode_query_filters
 from ..hub import Hub
 from ..rest import Request, Response, RestAPI, error_response
+from ..session import connection_id_bytes
 from ..auth import Authenticator, OriginPolicy, bearer_token
 from ..broker import SharedSegment
 from ..control import Flags
@@ -130,14 +131,15 @@ class Server:
 
     def _heartbeat(self) -> None:
         """Ping WebSocket peers silent for ping_interval; close those that leave a ping unanswered
-        for ping_timeout with 1001. One timer for every connection, checked every quarter of the
-        shorter of the two (a ping or a close comes at most that late)."""
+        for ping_timeout with 1001. One timer for every connection, ticking every quarter of the
+        shorter of the two: a ping comes at most a tick late, a close never early."""
         interval = self.settings.ping_interval
         if interval > 0:
             timeout = min(self.settings.ping_timeout, interval)
-            now = time.monotonic()
+            tick = self._heartbeat_interval()
+            idle_ticks, timeout_ticks = math.ceil(interval / tick), math.ceil(timeout / tick)
             for connection in list(self.connections):
-                connection.heartbeat(now, interval, timeout)
+                connection.heartbeat(idle_ticks, timeout_ticks, timeout)
         self._heartbeat_timer = self._loop.call_later(self._heartbeat_interval(), self._heartbeat)  # type: ignore[union-attr]
 
     def reload(self, settings: Settings) -> None:
@@ -254,13 +256,16 @@ class Server:
     def disconnect_matching(self, tenant_id: str, user_id: str | None = None, connection_id: str | None = None) -> int:
         """Close this worker's connections of a tenant (and user, and connection id) with 4001."""
         count = 0
+        wanted = None if connection_id is None else connection_id_bytes(connection_id)
+        if connection_id is not None and wanted is None:
+            return 0  # not an id fastws gives out: no connection has it
         for connection in list(self.connections):
             session = connection.session
             if (
                 session is not None
                 and session.tenant_id == tenant_id
                 and (user_id is None or session.user_id == user_id)
-                and (connection_id is None or session.connection_id == connection_id)
+                and (wanted is None or session.id_bytes == wanted)
             ):
                 connection.close(codes.DISCONNECTED_BY_ADMIN, "disconnected by an administrator")
                 count += 1

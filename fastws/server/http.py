@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from http import HTTPStatus
 from typing import TYPE_CHECKING
@@ -32,8 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["HttpProtocol"]
 
 log = logging.getLogger("fastws.http")
-
-_monotonic = time.monotonic
 
 _STATUS_LINES = {
     status: f"HTTP/1.1 {status} {phrase}\r\n".encode()
@@ -416,11 +413,11 @@ class CloseGuard(CloseScanner, asyncio.BufferedProtocol):
     RFC 6455 5.5.1: after a CLOSE, nothing more is to be processed. The guard
     reads picows' own buffer (zero copy) and passes on data only up to the end
     of the first CLOSE frame, which it finds as a CloseScanner (compiled core:
-    it follows the frame headers in C). It also notes when data last arrived,
-    for the server's heartbeat.
+    it follows the frame headers in C). It also notes that data arrived, for
+    the server's heartbeat.
     """
 
-    __slots__ = ("inner", "_buffer", "last_read")
+    __slots__ = ("inner", "_buffer", "heard")
 
     # uvloop's set_protocol() caches ``protocol.data_received`` when there is one and keeps
     # the previous protocol's otherwise, which would keep the HttpProtocol (and its request)
@@ -431,8 +428,8 @@ class CloseGuard(CloseScanner, asyncio.BufferedProtocol):
         super().__init__()
         self.inner = inner
         self._buffer: memoryview | None = None
-        #: monotonic time data last arrived (the heartbeat pings peers silent for long)
-        self.last_read = _monotonic()
+        #: data arrived since the heartbeat's last tick (it pings peers silent for long)
+        self.heard = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # pragma: no cover - set_protocol
         self.inner.connection_made(transport)
@@ -455,7 +452,7 @@ class CloseGuard(CloseScanner, asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         buffer, self._buffer = self._buffer, None  # not kept between reads
-        self.last_read = _monotonic()
+        self.heard = True
         if self.done:
             return
         self.inner.buffer_updated(self.scan(buffer[:nbytes]))  # type: ignore[index]

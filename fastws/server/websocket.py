@@ -59,9 +59,9 @@ class Connection(WSListener):
 
     # One per connection: slots, no instance dict (idle memory per connection counts).
     __slots__ = (
-        "server", "address", "expires_at", "_expiry_timer", "tenant_id", "user_id", "_connect_options",
-        "transport", "session", "_write", "_pending", "_fragments", "_fragments_binary",
-        "_fragments_size", "_closing", "_backlog", "_backlog_bytes", "_missed", "paused", "guard", "ping_sent_at",
+        "server", "address", "_expiry_timer", "_connect_options",
+        "transport", "session", "_pending", "_fragments", "_fragments_binary",
+        "_fragments_size", "_closing", "_backlog", "_backlog_bytes", "_missed", "paused", "guard", "pinged", "quiet",
     )
 
     def __init__(
@@ -77,15 +77,12 @@ class Connection(WSListener):
     ) -> None:
         self.server = server
         self.address = address
-        self.expires_at = expires_at
         self._expiry_timer: asyncio.TimerHandle | None = None
-        self.tenant_id = tenant_id
-        self.user_id = user_id
-        # what the connect URL asked for, applied when the handshake completes (None: nothing)
-        self._connect_options = None if filters is None and since is None and epoch is None else (filters, since, epoch)
+        # who connected and what the connect URL asked for, until the handshake completes
+        # (then the session holds the identity; in echo mode, kept)
+        self._connect_options: tuple | None = (tenant_id, user_id, filters, since, epoch, expires_at)
         self.transport: WSTransport | None = None
         self.session: Session | None = None
-        self._write = None
         self._pending: list[bytes] | None = None
         self._fragments: bytearray | None = None
         self._fragments_binary = False
@@ -100,8 +97,10 @@ class Connection(WSListener):
         self.paused = False
         #: the CloseGuard in front of picows (it notes when data last arrived: Server._heartbeat)
         self.guard: "CloseGuard | None" = None
-        #: monotonic time of the heartbeat PING awaiting its PONG; 0.0: none
-        self.ping_sent_at = 0.0
+        #: a heartbeat PING awaits its PONG
+        self.pinged = False
+        #: heartbeat ticks without data from the peer (or, once pinged, since the PING)
+        self.quiet = 0
 
     # -- picows callbacks ------------------------------------------------------------
 
@@ -114,16 +113,13 @@ class Connection(WSListener):
             sock = underlying.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_send_buffer)
-        self._write = underlying.write
         if not self.server.echo:  # the echo mode (tests) has no session and sends no welcome
-            filters, since, epoch = self._connect_options or (None, None, None)
+            tenant_id, user_id, filters, since, epoch, expires_at = self._connect_options  # type: ignore[misc]
             self._connect_options = None
-            self.session = self.server.hub.connect(
-                self, self.tenant_id, self.user_id, filters, since, epoch, self.expires_at
-            )
-            self.server.control.connection_opened(self.address, self.tenant_id)
-            if self.expires_at is not None:
-                self._arm_expiry(self.expires_at)
+            self.session = self.server.hub.connect(self, tenant_id, user_id, filters, since, epoch, expires_at)
+            self.server.control.connection_opened(self.address, tenant_id)
+            if expires_at is not None:
+                self._arm_expiry(expires_at)
         self.server.connections.add(self)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
@@ -135,14 +131,13 @@ class Connection(WSListener):
             self._expiry_timer.cancel()
         if self.session is not None:
             self.server.hub.disconnect(self.session)
-            self.server.control.connection_closed(self.address, self.tenant_id)
+            self.server.control.connection_closed(self.address, self.session.tenant_id)
         # Break the reference cycles (the session's sink is this connection; the guard holds
         # picows' protocol, which holds this listener), so the connection's memory goes now,
         # by reference counting, not at the next full garbage collection.
         self.session = None
         self.guard = None
         self.transport = None
-        self._write = None
         self._expiry_timer = None
         self._backlog = None
 
@@ -215,7 +210,8 @@ class Connection(WSListener):
                 # Answered here, not by picows, so the RSV check above applies to pings too.
                 self.transport.send_pong(frame.get_payload_as_bytes())  # type: ignore[union-attr]
             else:
-                self.ping_sent_at = 0.0  # the peer is alive (Server._heartbeat)
+                self.pinged = False  # the peer is alive (Server._heartbeat)
+                self.quiet = 0
         elif msg_type == _BINARY:
             if self._fragments is not None:
                 raise ConnectionClosedError(codes.PROTOCOL_ERROR, "new message before the last one finished")
@@ -305,8 +301,12 @@ class Connection(WSListener):
             self._closing = True
             return
         data = pending[0] if len(pending) == 1 else b"".join(pending)
-        self._write(data)  # type: ignore[misc]
+        self._write(data)
         self.server.hub.metrics.bytes_sent += len(data)
+
+    def _write(self, data: bytes) -> None:
+        # looked up per write, not kept: a bound method per connection is 64 bytes of idle memory
+        self.transport.underlying_transport.write(data)  # type: ignore[union-attr]
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -365,15 +365,21 @@ class Connection(WSListener):
             drops[3] += sum(1 for entry in self._backlog if entry[1] == 3)
             self.close(codes.SLOW_CONSUMER, "slow consumer: critical events could not be delivered")
 
-    def heartbeat(self, now: float, interval: float, timeout: float) -> None:
-        """PING a peer silent for ``interval`` seconds; close one that left a PING unanswered for
-        ``timeout`` seconds with 1001 (what picows' auto-ping did, from one server-wide timer
-        instead of a task per connection)."""
+    def heartbeat(self, idle_ticks: int, timeout_ticks: int, timeout: float) -> None:
+        """One tick of the server's heartbeat (Server._heartbeat): PING a peer silent for
+        ``idle_ticks`` ticks; close one that left a PING unanswered for ``timeout_ticks`` ticks
+        with 1001 (what picows' auto-ping did, from one server-wide timer instead of a task per
+        connection). Silence is counted in ticks (small ints, no object per connection)."""
         if self._closing or self.transport is None:
             return
+        guard = self.guard
+        heard = guard is not None and guard.heard
+        if heard:
+            guard.heard = False  # type: ignore[union-attr]
         transport = self.transport
-        if self.ping_sent_at:
-            if now - self.ping_sent_at >= timeout:
+        if self.pinged:
+            self.quiet += 1
+            if self.quiet >= timeout_ticks:
                 self.server.picows_logger.info(
                     "Initiating disconnect because no PONG was received within %s seconds", timeout)
                 self._closing = True
@@ -383,9 +389,24 @@ class Connection(WSListener):
                     WSCloseCode.GOING_AWAY, f"peer has not replied to ping/heartbeat request within {timeout} second(s)")
                 # Dropped, not closed gracefully: a dead peer would hold a graceful close until TCP gives up.
                 asyncio.get_running_loop().call_later(0.01, transport.underlying_transport.abort)
-        elif self.guard is not None and now - self.guard.last_read >= interval:
-            transport.send_ping()
-            self.ping_sent_at = now
+        elif heard:
+            self.quiet = 0
+        else:
+            self.quiet += 1
+            if self.quiet >= idle_ticks:
+                transport.send_ping()
+                self.pinged = True
+                self.quiet = 0
+
+    @property
+    def tenant_id(self) -> str:
+        session = self.session
+        return session.tenant_id if session is not None else self._connect_options[0]  # type: ignore[index]
+
+    @property
+    def user_id(self) -> str:
+        session = self.session
+        return session.user_id if session is not None else self._connect_options[1]  # type: ignore[index]
 
     def close(self, close_code: int, reason: str) -> None:
         """Flush queued frames, send a close frame and end the connection (idempotent)."""

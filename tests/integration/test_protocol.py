@@ -209,20 +209,23 @@ async def test_shutdown_closes_clients_with_1001(settings):
         assert client.ws.close_code == 1001
 
 
-async def test_events_of_one_loop_iteration_go_out_in_one_write(server):
+async def test_events_of_one_loop_iteration_go_out_in_one_write(server, monkeypatch):
     """A batch of 10 events reaches a subscriber as one socket write holding 10 frames."""
     import orjson
+
+    from fastws.server.websocket import Connection
 
     subscriber = await Client.connect(server.ws_url, "co", "sub")
     (connection,) = [c for c in server.connections if c.tenant_id == "co"]
     writes: list[bytes] = []
-    original = connection._write
+    original = Connection._write
 
-    def counting_write(data: bytes) -> None:
-        writes.append(data)
-        original(data)
+    def counting_write(self: Connection, data: bytes) -> None:
+        if self is connection:
+            writes.append(data)
+        original(self, data)
 
-    connection._write = counting_write
+    monkeypatch.setattr(Connection, "_write", counting_write)
     body = orjson.dumps([{"event": "tick", "payload": {"n": n}} for n in range(10)])
     reader, writer = await asyncio.open_connection(server.host, server.port)
     writer.write(

@@ -277,3 +277,24 @@ async def test_server_pings_close_dead_peers():
         assert (await alive.request({"type": "ping"}))["type"] == "pong"
         await alive.close()
         writer.close()
+
+
+async def test_delete_by_user_and_by_connection_id():
+    """DELETE narrows to a user, or to one connection by the id its welcome gave; any other spelling
+    of an id (upper case, no dashes, garbage) matches nothing."""
+    async with Server(Settings(host="127.0.0.1", port=0)) as server:
+        a, b = await Client.connect(server.ws_url, "d", "u1"), await Client.connect(server.ws_url, "d", "u1")
+        c = await Client.connect(server.ws_url, "d", "u2")
+        a_id = a.welcome["data"]["connectionId"]
+        for other in (a_id.upper(), a_id.replace("-", ""), "not-an-id"):
+            status, body, _ = await http(server, "DELETE", f"/api/websocket?tenant_id=d&connection_id={other}")
+            assert (status, body["disconnected"]) == (200, 0), other
+        status, body, _ = await http(server, "DELETE", f"/api/websocket?tenant_id=d&connection_id={a_id}")
+        assert (status, body["disconnected"]) == (200, 1)
+        await asyncio.wait_for(a.ws.wait_closed(), 5)
+        assert a.ws.close_code == 4001
+        status, body, _ = await http(server, "DELETE", "/api/websocket?tenant_id=d&user_id=u2")
+        assert (status, body["disconnected"]) == (200, 1)
+        await asyncio.wait_for(c.ws.wait_closed(), 5)
+        assert (await b.request({"type": "ping"}))["type"] == "pong"  # the other connection of u1 stays
+        await b.close()
