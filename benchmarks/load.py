@@ -35,10 +35,14 @@ import psutil
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
+SERVER_PYTHON = [sys.executable]
+#: where the server under test starts (--server-dir): ``-m fastws`` imports that checkout's package
+SERVER_DIR: list[str | None] = [None]
 URL_LINE = re.compile(rb"WebSocket (ws://\S+?)\?")
 REST_LINE = re.compile(rb"REST (http://\S+?)/api/websocket")
 TARGETS = {
-    "fastws": lambda workers: [sys.executable, "-m", "fastws", "serve", "--port", "0", "--workers", str(workers)],
+    # SERVER_PYTHON (--server-python) runs fastws: another checkout's interpreter (benchmarks.commits)
+    "fastws": lambda workers: [SERVER_PYTHON[0], "-m", "fastws", "serve", "--port", "0", "--workers", str(workers)],
     "reference": lambda workers: [sys.executable, "-m", "benchmarks.reference.websockets_server", "--port", "0"],
     "floor": lambda workers: [sys.executable, "-m", "benchmarks.reference.floor", "--port", "0"],
 }
@@ -64,7 +68,8 @@ class Target:
         if self.cpus:
             # taskset execs the server, so the pid stays the server's
             command = ["taskset", "-c", ",".join(map(str, self.cpus)), *command]
-        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, env=env)
+        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, env=env,
+                                        cwd=SERVER_DIR[0] if self.name == "fastws" else None)
         deadline = time.monotonic() + 30
         # the reference serves REST on a port of its own, logged after the WebSocket line
         while (not self.url or (self.name == "reference" and not self.rest)) and time.monotonic() < deadline:
@@ -511,7 +516,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0, help="latency: publishes per second")
     parser.add_argument("--seconds", type=float, default=5.0, help="latency: how long")
     parser.add_argument("--idle", type=int, default=10_000, help="idle: connections")
+    parser.add_argument("--server-python", default=sys.executable, help="the interpreter that runs fastws")
+    parser.add_argument("--server-dir", default=None, help="the directory fastws starts in (its checkout)")
     args = parser.parse_args()
+    SERVER_PYTHON[0], SERVER_DIR[0] = args.server_python, args.server_dir
     results = uvloop.run(main_async(args))
     report(results)
     print(orjson.dumps(results).decode())
