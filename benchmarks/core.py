@@ -1,4 +1,4 @@
-"""Run the core micro benchmarks on both implementations and print medians and ratios.
+"""Run the core micro benchmarks on both implementations, and the whole-path ones, and print medians and ratios.
 
     python -m benchmarks.core [extra pytest arguments]
 
@@ -20,7 +20,7 @@ OUT = os.path.join(".benchmarks", "core.json")
 def main() -> int:
     os.makedirs(".benchmarks", exist_ok=True)
     code = pytest.main(
-        ["-q", "-p", "no:cacheprovider", "benchmarks/test_core.py", "--benchmark-only",
+        ["-q", "-p", "no:cacheprovider", "benchmarks/test_core.py", "benchmarks/test_paths.py", "--benchmark-only",
          f"--benchmark-json={OUT}", "--benchmark-columns=median,iqr,rounds", *sys.argv[1:]]
     )
     with open(OUT) as handle:
@@ -30,6 +30,8 @@ def main() -> int:
         name = bench["name"].split("[")[0].removeprefix("test_")
         params = bench.get("params") or {}
         implementation = params.get("core") or params.get("implementation") or "cython"
+        if "shared" in params:  # whole paths run on the compiled core: one row per broker
+            name += "_shared" if params["shared"] else "_local"
         if not isinstance(implementation, str):
             implementation = "cython" if "_core_py" not in repr(implementation) else "python"
         table[name][implementation] = bench
