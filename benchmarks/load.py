@@ -228,6 +228,17 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+async def publish_windowed(publisher: Publisher, events: int, window: int, event_of=None) -> None:
+    """Publish events 0..events-1 as fast as ``window`` un-acked publishes allow (the fanout rule)."""
+    n = 0
+    while n < events:
+        while n < events and n - publisher.acks < window:
+            publisher.publish(n, event_of(n) if event_of is not None else "tick")
+            n += 1
+        publisher.waiter = asyncio.get_running_loop().create_future()
+        await asyncio.wait_for(publisher.waiter, 30)
+
+
 # -- scenarios ----------------------------------------------------------------------------
 
 
@@ -238,13 +249,7 @@ async def fanout(target: Target, args: argparse.Namespace) -> dict:
     _, publisher = await ws_connect(Publisher, f"{target.url}?tenant_id=fan&user_id=pub")
     events = args.events
     cpu0, load0, started = target.cpu(), time.process_time(), time.perf_counter()
-    n = 0
-    while n < events:
-        while n < events and n - publisher.acks < args.window:
-            publisher.publish(n)
-            n += 1
-        publisher.waiter = asyncio.get_running_loop().create_future()
-        await asyncio.wait_for(publisher.waiter, 30)
+    await publish_windowed(publisher, events, args.window)
     expected = events * args.connections
     await wait_until(lambda: stats.delivered >= expected, 60)
     return summarize(target, stats, expected, events, started, cpu0, load0, subscribers)
@@ -286,13 +291,7 @@ async def filtered(target: Target, args: argparse.Namespace) -> dict:
     _, publisher = await ws_connect(Publisher, f"{target.url}?tenant_id=flt&user_id=pub")
     events = args.events
     cpu0, load0, started = target.cpu(), time.process_time(), time.perf_counter()
-    n = 0
-    while n < events:
-        while n < events and n - publisher.acks < args.window:
-            publisher.publish(n, kinds[n % len(kinds)])
-            n += 1
-        publisher.waiter = asyncio.get_running_loop().create_future()
-        await asyncio.wait_for(publisher.waiter, 30)
+    await publish_windowed(publisher, events, args.window, lambda n: kinds[n % len(kinds)])
     expected = events // len(kinds) * (args.connections // len(kinds)) * len(kinds)
     await wait_until(lambda: stats.delivered >= expected, 60)
     return summarize(target, stats, expected, events, started, cpu0, load0, [s for g in groups for s in g])
