@@ -14,6 +14,15 @@ TIMEOUT = 10.0
 _refs = itertools.count(1)
 
 
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    """Close a raw stream connection, whatever state the peer left it in."""
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except (ConnectionError, OSError):
+        pass
+
+
 class Client:
     """A `websockets` client that speaks the fastws protocol."""
 

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from tests.helpers import TIMEOUT
+from tests.helpers import TIMEOUT, close_writer
 
 READ_TIMEOUT = 5.0
 
@@ -604,11 +604,7 @@ class RawClient:
         return frames
 
     async def close(self) -> None:
-        self.writer.close()
-        try:
-            await self.writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
+        await close_writer(self.writer)
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:

@@ -21,6 +21,7 @@ import pytest
 
 from fastws.config import Limits, Settings
 from fastws.server import Server
+from tests.helpers import close_writer
 from tests.helpers import TIMEOUT, Client
 from tests.rawws import accept_for, client_frame, read_frame, read_json_frame, upgrade_request
 
@@ -145,11 +146,7 @@ class HttpConnection:
         return True
 
     async def close(self) -> None:
-        self.writer.close()
-        try:
-            await self.writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
+        await close_writer(self.writer)
 
 
 Connect = Callable[[Server], Awaitable[HttpConnection]]
@@ -195,11 +192,7 @@ async def fetch(server: Server, method: str, path: str, headers: Any = None, bod
         writer.write(build_request(method, path, headers, body, **kw))
         return await read_response(reader, head=method == "HEAD")
     finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
+        await close_writer(writer)
 
 
 async def publish(server: Server, body: Any, tenant: str = "acme", user: str = "svc", **kw: Any) -> HttpResponse:
