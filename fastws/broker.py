@@ -50,8 +50,7 @@ import os
 import struct
 import time
 from collections import deque
-from contextlib import contextmanager
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Protocol
 
 from .config import Limits
 from .control import ControlPlane
@@ -107,6 +106,8 @@ class SharedSegment:
         self.memory = memory
         self.plane = plane
         self.ring = ring
+        self._exclusive = _FileLock(fd, fcntl.LOCK_EX)
+        self._shared = _FileLock(fd, fcntl.LOCK_SH)
 
     @classmethod
     def create(cls, path: str, limits: Limits, max_workers: int = 64, max_overrides: int = 1024) -> "SharedSegment":
@@ -134,21 +135,30 @@ class SharedSegment:
         ring = RingBuffer(memoryview(memory)[plane_size:])
         return cls(path, fd, memory, plane, ring)
 
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        fcntl.lockf(self.fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.lockf(self.fd, fcntl.LOCK_UN)
+    def exclusive(self) -> "_FileLock":
+        """The segment's lock for writers (a context manager; made once, reused: it is on the publish path)."""
+        return self._exclusive
 
-    @contextmanager
-    def shared(self) -> Iterator[None]:
-        fcntl.lockf(self.fd, fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.lockf(self.fd, fcntl.LOCK_UN)
+    def shared(self) -> "_FileLock":
+        """The segment's lock for readers."""
+        return self._shared
+
+
+class _FileLock:
+    """An ``fcntl`` record lock on the segment's file as a context manager (released by the kernel if
+    the holder dies). A plain class, not a generator: entering and leaving cost two calls."""
+
+    __slots__ = ("fd", "kind")
+
+    def __init__(self, fd: int, kind: int) -> None:
+        self.fd = fd
+        self.kind = kind
+
+    def __enter__(self) -> None:
+        fcntl.lockf(self.fd, self.kind)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.lockf(self.fd, fcntl.LOCK_UN)
 
 
 # -- the broker --------------------------------------------------------------------------
@@ -297,6 +307,8 @@ class SharedBroker:
         return global_offset
 
     def _catch_up_locked(self) -> None:
+        if self.ring.next_offset == self.position_applied + 1:
+            return  # nothing appended since this worker's last record: no need to read the log
         while True:
             records = self._read_new(4096)
             if not records:
@@ -307,13 +319,8 @@ class SharedBroker:
     def sequence(
         self, channel: str, payload: bytes, event_type: str, source: str, priority: int, publisher: str, target: str | None
     ) -> tuple[int, bytes]:
-        # The hot path: the lock taken directly (no context manager), and the log read only
-        # when another worker has appended since this one last did.
-        fd = self.segment.fd
-        fcntl.lockf(fd, fcntl.LOCK_EX)
-        try:
-            if self.ring.next_offset != self.position_applied + 1:
-                self._catch_up_locked()
+        with self.segment.exclusive():
+            self._catch_up_locked()
             replica = self._streams.get(channel)
             if replica is None:
                 epoch, last = new_epoch(), 0
@@ -322,8 +329,6 @@ class SharedBroker:
             offset = last + 1
             frame = frame_event(payload, offset)
             self._append(EVENT, channel, offset, epoch, frame, event_type, source, priority, publisher, target)
-        finally:
-            fcntl.lockf(fd, fcntl.LOCK_UN)
         self.notify()
         return offset, frame
 

@@ -452,11 +452,12 @@ class Hub:
         metrics = self.metrics
         metrics.events_sent += len(matched)
         metrics.last_activity = time.time()
-        tenant = self._tenants.get(channel.rpartition(":")[2]) or self._tenant(channel.rpartition(":")[2])
+        tenant = self._tenant(channel.rpartition(":")[2])
         tenant.events_published += 1
-        if event_type not in tenant.event_types and len(tenant.event_types) < self.limits.max_tracked_names:
+        limit = self.limits.max_tracked_names
+        if event_type not in tenant.event_types and len(tenant.event_types) < limit:
             tenant.event_types[event_type] = None
-        if source not in tenant.sources and len(tenant.sources) < self.limits.max_tracked_names:
+        if source not in tenant.sources and len(tenant.sources) < limit:
             tenant.sources[source] = None
         return len(matched)
 

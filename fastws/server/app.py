@@ -134,13 +134,13 @@ class Server:
         for ping_timeout with 1001. One timer for every connection, ticking every quarter of the
         shorter of the two: a ping comes at most a tick late, a close never early."""
         interval = self.settings.ping_interval
+        tick = self._heartbeat_interval()
         if interval > 0:
             timeout = min(self.settings.ping_timeout, interval)
-            tick = self._heartbeat_interval()
             idle_ticks, timeout_ticks = math.ceil(interval / tick), math.ceil(timeout / tick)
             for connection in list(self.connections):
                 connection.heartbeat(idle_ticks, timeout_ticks, timeout)
-        self._heartbeat_timer = self._loop.call_later(self._heartbeat_interval(), self._heartbeat)  # type: ignore[union-attr]
+        self._heartbeat_timer = self._loop.call_later(tick, self._heartbeat)  # type: ignore[union-attr]
 
     def reload(self, settings: Settings) -> None:
         """Use new settings (limits, timeouts, keys, origins) for what comes next; open connections stay."""

@@ -195,10 +195,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
-        self._size += len(name) + len(value) + 4
-        if self._size > self.server.settings.limits.max_header_size:
-            self._respond(error_response(codes.HEADERS_TOO_LARGE), close=True)
-            raise _Abort
+        self._count(len(name) + len(value) + 4)
         if len(name) == 14 and name.lower() == b"content-length":
             self._content_length = value
 
@@ -297,7 +294,7 @@ class HttpProtocol(asyncio.Protocol):
     # timer per request: arming one is a float store.
 
     def _arm_timer(self, timeout: float) -> None:
-        self._deadline = self.server.loop_time() + timeout  # loop.time(): a clock read, no syscall
+        self._deadline = self.server.loop_time() + timeout
 
     def _cancel_timer(self) -> None:
         self._deadline = 0.0
