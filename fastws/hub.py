@@ -18,7 +18,6 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
 import orjson
@@ -36,6 +35,7 @@ from .messages import (
     Publish,
     encode_ack,
     encode_event,
+    iso_timestamp,
     new_event_id,
     utc_timestamp,
 )
@@ -366,7 +366,7 @@ class Hub:
         if (identity.tenant_id, identity.user_id) != (session.tenant_id, session.user_id):
             raise ProtocolError(codes.FORBIDDEN, "the new token is for another tenant or user", ref)
         session.expires_at = identity.expires_at
-        return _iso(identity.expires_at)
+        return iso_timestamp(identity.expires_at)
 
     # -- publishing ----------------------------------------------------------------
 
@@ -485,7 +485,3 @@ class Hub:
 
     def tenants(self) -> dict[str, TenantState]:
         return self._tenants
-
-
-def _iso(unix_time: float) -> str:
-    return datetime.fromtimestamp(unix_time, timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"

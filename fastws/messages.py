@@ -21,10 +21,10 @@ Server -> client: events (see :func:`encode_event`), and the replies
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Final, Union
 
 import orjson
@@ -56,6 +56,7 @@ __all__ = [
     "encode_pong",
     "encode_error",
     "new_event_id",
+    "iso_timestamp",
     "utc_timestamp",
 ]
 
@@ -340,13 +341,31 @@ def new_event_id() -> str:
     return f"{_ID_HEAD}{next(_ID_COUNTER) & 0xFFFFFFFFFFFF:012x}"
 
 
+def iso_timestamp(unix_time: float) -> str:
+    """``unix_time`` as ISO-8601 UTC with milliseconds and Z: ``2024-01-15T10:30:00.123Z``.
+
+    The same text as ``datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")``
+    with ``Z`` for ``+00:00``, formatted from :func:`time.gmtime`: on CPython 3.11
+    an aware datetime looks up its tzinfo's ``utcoffset`` by a name string it
+    creates per call, and the interpreter's type-attribute cache keeps such
+    strings alive (up to 4,096 of them), pinning allocator arenas that a wave of
+    connections had filled (docs/design.md, "A connection's memory").
+    """
+    seconds = math.floor(unix_time)
+    microseconds = round((unix_time - seconds) * 1_000_000)  # the fraction is exact; rounded as datetime does
+    if microseconds == 1_000_000:
+        seconds, microseconds = seconds + 1, 0
+    t = time.gmtime(seconds)
+    return (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+            f".{microseconds // 1000:03d}Z")
+
+
 def utc_timestamp() -> str:
-    """Now, ISO-8601 UTC with milliseconds and Z: ``2024-01-15T10:30:00.123Z`` (formatted once per millisecond)."""
+    """Now, as :func:`iso_timestamp` (formatted once per millisecond)."""
     global _last_millisecond, _last_timestamp
     millisecond = int(time.time() * 1000)
     if millisecond != _last_millisecond:
-        moment = datetime.fromtimestamp(millisecond / 1000, timezone.utc)
-        _last_timestamp = moment.isoformat(timespec="milliseconds")[:-6] + "Z"
+        _last_timestamp = iso_timestamp(millisecond / 1000)
         _last_millisecond = millisecond
     return _last_timestamp
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Protocol
 
 import orjson
@@ -35,7 +34,7 @@ from .exceptions import ProtocolError
 from .history import payload_of
 from .auth import bearer_token
 from .hub import Event, Hub
-from .messages import decode_publish
+from .messages import decode_publish, iso_timestamp
 
 __all__ = ["Request", "Response", "RestAPI", "error_response"]
 
@@ -119,7 +118,7 @@ def _ok(payload: dict[str, Any], status: int = 200) -> Response:
 def _iso(unix_time: float) -> str | None:
     if not unix_time:
         return None
-    return datetime.fromtimestamp(unix_time, timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
+    return iso_timestamp(unix_time)
 
 
 class RestAPI:

@@ -1,5 +1,7 @@
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fastws.exceptions import ConnectionClosedError, ProtocolError
 from fastws.messages import (
@@ -12,6 +14,7 @@ from fastws.messages import (
     decode_command,
     encode_error,
     encode_event,
+    iso_timestamp,
     utc_timestamp,
 )
 
@@ -145,3 +148,12 @@ def test_timestamps_follow_the_clock(monkeypatch):
     assert messages.utc_timestamp() == "2023-11-14T22:13:20.123Z"
     monkeypatch.setattr(messages.time, "time", lambda: 1_700_000_000.124)
     assert messages.utc_timestamp() == "2023-11-14T22:13:20.124Z"
+
+
+@given(st.floats(min_value=0, max_value=2**35, allow_nan=False) | st.integers(0, 2**35 * 1000).map(lambda ms: ms / 1000))
+def test_iso_timestamp_matches_datetime(unix_time):
+    """iso_timestamp writes what an aware datetime writes (Z for +00:00), rounding as it does."""
+    from datetime import datetime, timezone
+
+    expected = datetime.fromtimestamp(unix_time, timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
+    assert iso_timestamp(unix_time) == expected
