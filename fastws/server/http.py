@@ -349,7 +349,9 @@ class HttpProtocol(asyncio.Protocol):
             lambda upgrade_request: WSUpgradeResponseWithListener(_SWITCHING_PROTOCOLS, listener),
             self.server.picows_logger,
             True,  # disconnect_on_exception
-            settings.handshake_timeout,
+            # no handshake timer: picows is handed the whole request below and answers it at
+            # once (the HTTP front enforced handshake_timeout while the request came in)
+            None,
             # auto-ping off: Server._heartbeat pings idle peers from one timer (picows' costs a
             # task per connection, about 2 KiB each)
             False,  # enable_auto_ping
