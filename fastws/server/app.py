@@ -120,7 +120,7 @@ class Server:
             self._connections_high = open_now
         elif self._connections_high - open_now >= allocator.TRIM_AFTER:
             self._connections_high = open_now
-            allocator.trim()
+            allocator.release(open_now)
         self._sweeper = self._loop.call_later(self._sweep_interval(), self._sweep)  # type: ignore[union-attr]
 
     def _heartbeat_interval(self) -> float:

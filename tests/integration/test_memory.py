@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from types import SimpleNamespace
 
 from fastws.config import Settings
 from fastws.server import Server, allocator
@@ -58,10 +59,13 @@ async def test_closed_connections_are_freed_by_reference_counting():
 
 
 async def test_memory_is_given_back_after_a_wave_of_closes(monkeypatch):
-    """Once open connections have fallen by TRIM_AFTER, the sweep returns the allocator's free pages."""
-    trims = []
+    """Once open connections have fallen by TRIM_AFTER, the sweep returns the allocator's free pages;
+    it empties the interpreter's free lists (a full collection) only when at most COLLECT_BELOW remain."""
+    trims, collections = [], []
     monkeypatch.setattr(allocator, "TRIM_AFTER", 5)
+    monkeypatch.setattr(allocator, "COLLECT_BELOW", 2)
     monkeypatch.setattr(allocator, "trim", lambda: trims.append(True) or True)
+    monkeypatch.setattr(allocator, "gc", SimpleNamespace(collect=lambda: collections.append(True)))
     settings = Settings(host="127.0.0.1", port=0, keepalive_timeout=0.2)  # the sweep runs every 50 ms
     async with Server(settings) as server:
         clients = [await Client.connect(server.ws_url, "t1", f"u{i}") for i in range(8)]
@@ -70,11 +74,17 @@ async def test_memory_is_given_back_after_a_wave_of_closes(monkeypatch):
             await client.close()
         await asyncio.sleep(0.3)
         assert trims == []  # fallen by 4: not yet
-        for client in clients[4:]:
-            await client.close()
+        await clients[4].close()
         assert await until(lambda: len(trims) == 1)
         await asyncio.sleep(0.3)
         assert len(trims) == 1  # once per wave, not once per sweep
+        assert collections == []  # 3 still open: more than COLLECT_BELOW
+        clients = clients[5:] + [await Client.connect(server.ws_url, "t1", f"v{i}") for i in range(5)]
+        await asyncio.sleep(0.2)  # the new high mark: 8
+        for client in clients:
+            await client.close()
+        assert await until(lambda: len(trims) == 2)
+        assert collections == [True]
 
 
 def test_trim_works_here():
