@@ -21,15 +21,18 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+DELIVERED = ("delivered_per_server_cpu_second",)
+LATENCY = ("latency_ms_p50", "latency_ms_p99")
 FIGURES = {
-    "fanout": "delivered_per_server_cpu_second",
-    "latency": "latency_ms_p99",
-    "latency-100": "latency_ms_p99",
-    "filtered": "delivered_per_server_cpu_second",
-    "tenants": "delivered_per_server_cpu_second",
-    "tenants-lockstep": "delivered_per_server_cpu_second",
-    "http": "publishes_per_server_cpu_second",
-    "idle": "rss_per_connection_kib",
+    "fanout": DELIVERED,
+    "latency": LATENCY,
+    "latency-100": LATENCY,
+    "filtered": DELIVERED,
+    "tenants": DELIVERED,
+    "tenants-lockstep": DELIVERED,
+    "http": ("publishes_per_server_cpu_second",),
+    "idle": ("rss_per_connection_kib", "server_cpu_us_per_connection", "rss_kept_after_closing_kib_per_connection",
+             "second_cycle_growth_kib_per_connection"),
 }
 
 
@@ -61,7 +64,9 @@ def main() -> int:
     args = parser.parse_args()
     scenarios = args.scenario or ["fanout"]
     commits = {name: prepare(name) for name in (args.a, args.b)}
-    figures: dict[str, dict[str, list[float]]] = {s: {args.a: [], args.b: []} for s in scenarios}
+    figures: dict[tuple[str, str], dict[str, list[float]]] = {
+        (s, f): {args.a: [], args.b: []} for s in scenarios for f in FIGURES[s]
+    }
     correct = True
     for scenario in scenarios:
         for _ in range(args.rounds):
@@ -77,16 +82,19 @@ def main() -> int:
                     print(f"{scenario} {name}: failed\n{run.stderr[-2000:]}", file=sys.stderr)
                     continue
                 correct &= all(r["correct"] for r in results)
-                figures[scenario][name].append(results[0][FIGURES[scenario]])
+                for figure in FIGURES[scenario]:
+                    figures[scenario, figure][name].append(results[0][figure])
     summary = {"a": {"ref": args.a, "sha": commits[args.a][0]}, "b": {"ref": args.b, "sha": commits[args.b][0]},
                "rounds": args.rounds, "scenarios": {}}
-    for scenario, by in figures.items():
+    for (scenario, figure), by in figures.items():
         medians = {name: statistics.median(values) for name, values in by.items() if values}
-        ratio = medians[args.b] / medians[args.a] if len(medians) == 2 and medians[args.a] else None
-        summary["scenarios"][scenario] = {"figure": FIGURES[scenario], "a": medians.get(args.a), "b": medians.get(args.b),
-                                          "b_over_a": round(ratio, 3) if ratio else None, "runs": by}
-        print(f"{scenario} {FIGURES[scenario]}: {args.a}={medians.get(args.a)} {args.b}={medians.get(args.b)}"
-              f" b/a={ratio:.3f}" if ratio else f"{scenario}: incomplete")
+        # a ratio only between positive figures (a growth near 0 has none worth printing)
+        ratio = medians[args.b] / medians[args.a] if len(medians) == 2 and medians[args.a] > 0 else None
+        summary["scenarios"].setdefault(scenario, {})[figure] = {
+            "a": medians.get(args.a), "b": medians.get(args.b), "b_over_a": round(ratio, 3) if ratio else None, "runs": by,
+        }
+        line = f"{scenario} {figure}: {args.a}={medians.get(args.a)} {args.b}={medians.get(args.b)}"
+        print(line + (f" b/a={ratio:.3f}" if ratio else "") if len(medians) == 2 else f"{scenario} {figure}: incomplete")
     summary["correct"] = correct
     print(json.dumps(summary))
     return 0 if correct else 1
