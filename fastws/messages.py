@@ -334,6 +334,8 @@ _ID_HEAD = f"{_ID_RANDOM[0:8]}-{_ID_RANDOM[8:12]}-4{_ID_RANDOM[12:15]}-{'89ab'[i
 _ID_COUNTER = itertools.count(int.from_bytes(os.urandom(5), "big"))
 _last_millisecond = -1
 _last_timestamp = ""
+_last_second = -1
+_last_second_text = ""
 
 
 def new_event_id() -> str:
@@ -345,19 +347,24 @@ def iso_timestamp(unix_time: float) -> str:
     """``unix_time`` as ISO-8601 UTC with milliseconds and Z: ``2024-01-15T10:30:00.123Z``.
 
     The same text as ``datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")``
-    with ``Z`` for ``+00:00``, formatted from :func:`time.gmtime`: on CPython 3.11
-    an aware datetime looks up its tzinfo's ``utcoffset`` by a name string it
-    creates per call, and the interpreter's type-attribute cache keeps such
-    strings alive (up to 4,096 of them), pinning allocator arenas that a wave of
+    with ``Z`` for ``+00:00``, formatted from :func:`time.gmtime` (the date and
+    time of the last second asked for are kept): on CPython 3.11 an aware
+    datetime looks up its tzinfo's ``utcoffset`` by a name string it creates
+    per call, and the interpreter's type-attribute cache keeps such strings
+    alive (up to 4,096 of them), pinning allocator arenas that a wave of
     connections had filled (docs/design.md, "A connection's memory").
     """
+    global _last_second, _last_second_text
     seconds = math.floor(unix_time)
     microseconds = round((unix_time - seconds) * 1_000_000)  # the fraction is exact; rounded as datetime does
     if microseconds == 1_000_000:
         seconds, microseconds = seconds + 1, 0
-    t = time.gmtime(seconds)
-    return (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
-            f".{microseconds // 1000:03d}Z")
+    if seconds != _last_second:
+        t = time.gmtime(seconds)
+        _last_second_text = (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
+                             f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.")
+        _last_second = seconds
+    return f"{_last_second_text}{microseconds // 1000:03d}Z"
 
 
 def utc_timestamp() -> str:
