@@ -49,9 +49,9 @@ __all__ = ["Hub", "Event", "Metrics", "TenantState"]
 log = logging.getLogger("fastws.hub")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made on every publish (see fastws.messages' docstring)
 class Event:
-    """One published event, encoded and framed once, with what the matcher needs."""
+    """One published event, encoded and framed once, with what the matcher needs (not changed once made)."""
 
     id: str
     tenant_id: str
