@@ -301,7 +301,7 @@ async def tenants(target: Target, args: argparse.Namespace) -> dict:
     """100 tenants x 10 connections; each tenant's publisher, as fast as its window of un-acked
     publishes allows (the fanout rule, per tenant), reaches only its own tenant. 1,000 events per
     tenant by default (--events / 2): with 200, fastws's run took half a CPU-second, short enough
-    for start-up (first appends to 100 streams) and the CPU clock's 10 ms tick to move the figure."""
+    for start-up costs and the CPU clock's 10 ms tick to move the figure."""
     return await _tenants(target, args, args.window, max(1, args.events // 2))
 
 

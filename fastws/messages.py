@@ -1,8 +1,8 @@
 """The wire format: decode and validate client commands, encode server messages.
 
 Pure functions and dataclasses (frozen, but for :class:`Publish`, made on every
-publish: a frozen dataclass's ``__init__`` costs about 1 µs for 7 to 9 fields
-here, a plain one 0.2 µs); no I/O. Every outgoing message is
+publish: with 9 fields, a frozen dataclass's ``__init__`` costs about 1 µs
+here, a plain one 0.2 µs, by ``timeit``); no I/O. Every outgoing message is
 encoded once with orjson; :func:`fastws.core.frame_text` wraps the JSON in a
 WebSocket frame that can be written to any number of connections.
 
