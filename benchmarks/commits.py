@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DELIVERED = ("delivered_per_server_cpu_second",)
-LATENCY = ("latency_ms_p50", "latency_ms_p99")
+LATENCY = ("latency_ms_p50", "latency_ms_p99", "delivered_per_server_cpu_second")
 FIGURES = {
     "fanout": DELIVERED,
     "latency": LATENCY,
