@@ -290,36 +290,12 @@ class Server:
     def _flush(self) -> None:
         dirty = self._dirty
         self._dirty = []
-        self.write_out(dirty)
-
-    def write_out(self, connections: "list[Connection] | tuple[Connection, ...]") -> None:
-        """Write each connection's queued frames, in one write per connection.
-
-        One loop, not a method call per connection: at low rates this runs once
-        per connection per event, where a call and the metric's attribute chain
-        per connection are a measurable share of the write they wrap. The
-        transport's write is looked up per write, not kept: a bound method per
-        connection would be 64 bytes of idle memory.
-        """
-        sent = 0
-        for connection in connections:
-            pending = connection._pending
-            if pending is None:
-                continue
-            connection._pending = None
-            transport = connection.transport
+        for connection in dirty:
             try:
-                if transport.is_close_frame_sent:  # type: ignore[union-attr]
-                    connection._closing = True  # picows failed it itself: no data after a close frame
-                    continue
-                data = pending[0] if len(pending) == 1 else b"".join(pending)
-                transport.underlying_transport.write(data)  # type: ignore[union-attr]
+                connection.flush()
             except Exception:
                 log.exception("error writing to a connection")
                 connection.close(codes.INTERNAL_ERROR, "internal error")
-                continue
-            sent += len(data)
-        self.hub.metrics.bytes_sent += sent
 
 
 class _ClientFaultFilter(logging.Filter):

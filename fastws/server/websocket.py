@@ -291,6 +291,23 @@ class Connection(WSListener):
         else:
             pending.append(frame)
 
+    def flush(self) -> None:
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
+        if self.transport.is_close_frame_sent:  # type: ignore[union-attr]
+            # picows failed the connection itself (a frame it refused): no data after a close frame.
+            self._closing = True
+            return
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        self._write(data)
+        self.server.hub.metrics.bytes_sent += len(data)
+
+    def _write(self, data: bytes) -> None:
+        # looked up per write, not kept: a bound method per connection is 64 bytes of idle memory
+        self.transport.underlying_transport.write(data)  # type: ignore[union-attr]
+
     def pause_writing(self) -> None:
         self.paused = True
 
@@ -399,7 +416,7 @@ class Connection(WSListener):
         if transport is None:
             return
         if self._pending is not None and close_code != codes.SLOW_CONSUMER:
-            self.server.write_out((self,))
+            self.flush()
         self._closing = True
         self._pending = None
         self._backlog = None

@@ -213,28 +213,19 @@ async def test_events_of_one_loop_iteration_go_out_in_one_write(server, monkeypa
     """A batch of 10 events reaches a subscriber as one socket write holding 10 frames."""
     import orjson
 
+    from fastws.server.websocket import Connection
+
     subscriber = await Client.connect(server.ws_url, "co", "sub")
     (connection,) = [c for c in server.connections if c.tenant_id == "co"]
     writes: list[bytes] = []
+    original = Connection._write
 
-    class Through:
-        def __init__(self, inner: object) -> None:
-            self._inner = inner
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(self._inner, name)
-
-    class CountingSocket(Through):
-        def write(self, data: bytes) -> None:
+    def counting_write(self: Connection, data: bytes) -> None:
+        if self is connection:
             writes.append(data)
-            self._inner.write(data)
+        original(self, data)
 
-    class CountingTransport(Through):
-        @property
-        def underlying_transport(self) -> CountingSocket:
-            return CountingSocket(self._inner.underlying_transport)
-
-    monkeypatch.setattr(connection, "transport", CountingTransport(connection.transport))
+    monkeypatch.setattr(Connection, "_write", counting_write)
     body = orjson.dumps([{"event": "tick", "payload": {"n": n}} for n in range(10)])
     reader, writer = await asyncio.open_connection(server.host, server.port)
     writer.write(
