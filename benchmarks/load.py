@@ -13,14 +13,20 @@ load generator's own CPU, and correctness (lost, duplicated, misrouted: all
 expected 0). ``--compare`` runs fastws, the reference and the floor
 alternately ``--rounds`` times per scenario and reports median ratios.
 
-The receive path is lean: frames are counted and their ``"n":`` sequence
-(and publish time ``"t":``) read with bytes searches, no JSON objects built.
+The receive path is lean: subscribers are bare asyncio protocols, and each read
+goes whole to a frame reader (benchmarks/reader.py, compiled from
+benchmarks/_reader.pyx when Cython and a C compiler are there) that walks the
+frames and reads each event's type, ``"n":`` sequence and ``"t":`` publish
+time in place, building no Python object per event but its latency.
+``load_reader`` in the output says which reader ran.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import os
 import re
 import resource
@@ -34,6 +40,9 @@ import orjson
 import psutil
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+from benchmarks import reader as reader_module
+from benchmarks.reader import load_reader
 
 SERVER_PYTHON = [sys.executable]
 #: where the server under test starts (--server-dir): ``-m fastws`` imports that checkout's package
@@ -128,44 +137,92 @@ class Target:
 # -- lean clients -------------------------------------------------------------------------
 
 
-SEQ = b'"n":'
-STAMP = b'"t":'
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+MAX_LATENCIES = 2_000_000
+#: the frame reader (benchmarks/reader.py): compiled when it builds here
+Reader = load_reader()
 
 
-class Subscriber(WSListener):
-    __slots__ = ("stats", "count", "last", "errors", "latencies", "expected_type")
+class Subscriber(asyncio.Protocol):
+    """A subscriber connection on a bare asyncio protocol: the WebSocket handshake, then each
+    read handed whole to the frame reader (benchmarks/reader.py), which counts and checks the
+    events without building Python objects for them. Pings are answered; a close is echoed.
 
-    def __init__(self, stats: "Stats", expected_type: bytes | None = None) -> None:
+    ``expected_type`` and ``expected_tenant``, when set, are what every event must carry
+    (anything else counts as misrouted); ``step`` is the distance between consecutive
+    sequence numbers this subscriber should see (1, or the number of filter groups).
+    """
+
+    __slots__ = ("stats", "reader", "transport", "opened", "key", "_head")
+
+    def __init__(self, stats: "Stats", expected_type: bytes | None = None, step: int = 1,
+                 expected_tenant: bytes | None = None) -> None:
         self.stats = stats
-        self.count = 0
-        self.last = -1
-        self.errors = 0
-        self.latencies = stats.latencies
-        self.expected_type = expected_type
+        self.reader = Reader(expected_type, step, expected_tenant, stats.latencies, MAX_LATENCIES)
+        self.transport: asyncio.Transport | None = None
+        self.opened: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.key = base64.b64encode(os.urandom(16))
+        self._head = b""  # the handshake response, until its end
 
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        if frame.msg_type != WSMsgType.TEXT:
-            return
-        now = time.perf_counter()
-        payload = frame.get_payload_as_bytes()
-        at = payload.find(SEQ)
-        if at < 0:
-            return
-        at += 4
-        n = int(payload[at:payload.index(b",", at) if payload.find(b",", at) >= 0 else payload.index(b"}", at)])
-        if n <= self.last:
-            self.stats.duplicated += 1
-        elif n != self.last + 1 and self.expected_type is None:
-            self.stats.lost += n - self.last - 1
-        if self.expected_type is not None and self.expected_type not in payload:
-            self.stats.misrouted += 1
-        self.last = max(self.last, n)
-        self.count += 1
-        stamp = payload.find(STAMP)
-        if stamp >= 0 and len(self.latencies) < 2_000_000:
-            stamp += 4
-            self.latencies.append(now - float(payload[stamp:payload.index(b"}", stamp)]))
-        self.stats.delivered += 1
+    @property
+    def count(self) -> int:
+        return self.reader.delivered
+
+    def handshake(self, host: str, target: str) -> bytes:
+        return (b"GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (target.encode(), host.encode(), self.key))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError(f"closed during the handshake: {exc}"))
+
+    def data_received(self, data: bytes) -> None:
+        if not self.opened.done():
+            data = self._handshake_response(data)
+            if not data:
+                return
+        reader = self.reader
+        self.stats.delivered += reader.feed(data, time.perf_counter())
+        if reader.controls:
+            for first, payload in reader.controls:
+                self._control(first, payload)
+            reader.controls.clear()
+
+    def _handshake_response(self, data: bytes) -> bytes:
+        head = self._head + data
+        end = head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(head) > 16384:
+                self.opened.set_exception(ConnectionError("handshake response too long"))
+                self.transport.abort()  # type: ignore[union-attr]
+            self._head = head
+            return b""
+        self._head = b""
+        accept = base64.b64encode(hashlib.sha1(self.key + GUID).digest())
+        lines = head[:end].split(b"\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(b":") for line in lines[1:])}
+        if not lines[0].startswith(b"HTTP/1.1 101") or headers.get(b"sec-websocket-accept") != accept:
+            self.opened.set_exception(ConnectionError(f"handshake refused: {lines[0]!r}"))
+            self.transport.abort()  # type: ignore[union-attr]
+            return b""
+        self.opened.set_result(None)
+        return head[end + 4:]
+
+    def _control(self, first: int, payload: bytes) -> None:
+        opcode = first & 0x0F
+        if opcode == 0x9:  # ping: a masked pong (a zero mask leaves the payload as it is)
+            self.transport.write(bytes((0x8A, 0x80 | len(payload))) + b"\0\0\0\0" + payload)  # type: ignore[union-attr]
+        elif opcode == 0x8:  # close: answer it and let the server end the connection
+            self.transport.write(bytes((0x88, 0x80 | len(payload))) + b"\0\0\0\0" + payload)  # type: ignore[union-attr]
+        elif opcode != 0xA:  # a fragment or a binary frame: no server here sends one
+            self.reader.misrouted += 1
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
 
 class Publisher(WSListener):
@@ -194,11 +251,20 @@ class Publisher(WSListener):
 
 @dataclass
 class Stats:
+    """What a scenario's subscribers received: ``delivered`` as it happens, the errors once
+    ``tally`` has summed them over the subscribers' readers."""
+
     delivered: int = 0
     lost: int = 0
     duplicated: int = 0
     misrouted: int = 0
     latencies: list[float] = field(default_factory=list)
+
+    def tally(self, subscribers: "list[Subscriber]") -> "Stats":
+        self.lost = sum(s.reader.lost for s in subscribers)
+        self.duplicated = sum(s.reader.duplicated for s in subscribers)
+        self.misrouted = sum(s.reader.misrouted for s in subscribers)
+        return self
 
 
 async def open_many(url: str, count: int, tenant: str | list[str], factory, query: str = "") -> list:
@@ -212,6 +278,23 @@ async def open_many(url: str, count: int, tenant: str | list[str], factory, quer
     return listeners
 
 
+async def open_subscribers(url: str, subscribers: list[Subscriber], tenant: str | list[str], query: str = "") -> list[Subscriber]:
+    """Connect lean subscribers, 100 at a time, each through the WebSocket handshake."""
+    loop = asyncio.get_running_loop()
+    netloc, _, path = url.removeprefix("ws://").partition("/")
+    host, _, port = netloc.rpartition(":")
+
+    async def one(index: int, subscriber: Subscriber) -> None:
+        await loop.create_connection(lambda: subscriber, host.strip("[]"), int(port))
+        name = tenant[index] if isinstance(tenant, list) else tenant
+        subscriber.transport.write(subscriber.handshake(netloc, f"/{path}?tenant_id={name}&user_id=s{index}{query}"))  # type: ignore[union-attr]
+        await asyncio.wait_for(subscriber.opened, 30)
+
+    for first in range(0, len(subscribers), 100):
+        await asyncio.gather(*(one(i, subscribers[i]) for i in range(first, min(first + 100, len(subscribers)))))
+    return subscribers
+
+
 async def wait_until(predicate, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -222,9 +305,9 @@ async def wait_until(predicate, timeout: float) -> bool:
 
 
 def percentile(values: list[float], q: float) -> float:
+    """The q-quantile of sorted ``values``."""
     if not values:
         return 0.0
-    values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
@@ -245,7 +328,7 @@ async def publish_windowed(publisher: Publisher, events: int, window: int, event
 async def fanout(target: Target, args: argparse.Namespace) -> dict:
     """1,000 subscribers, one publisher as fast as a window of un-acked publishes allows."""
     stats = Stats()
-    subscribers = await open_many(target.url, args.connections, "fan", lambda: Subscriber(stats))
+    subscribers = await open_subscribers(target.url, [Subscriber(stats) for _ in range(args.connections)], "fan")
     _, publisher = await ws_connect(Publisher, f"{target.url}?tenant_id=fan&user_id=pub")
     events = args.events
     cpu0, load0, started = target.cpu(), time.process_time(), time.perf_counter()
@@ -267,7 +350,7 @@ async def latency_100(target: Target, args: argparse.Namespace) -> dict:
 
 async def _latency(target: Target, args: argparse.Namespace, connections: int) -> dict:
     stats = Stats()
-    subscribers = await open_many(target.url, connections, "lat", lambda: Subscriber(stats))
+    subscribers = await open_subscribers(target.url, [Subscriber(stats) for _ in range(connections)], "lat")
     _, publisher = await ws_connect(Publisher, f"{target.url}?tenant_id=lat&user_id=pub")
     events = int(args.rate * args.seconds)
     cpu0, load0, started = target.cpu(), time.process_time(), time.perf_counter()
@@ -285,9 +368,8 @@ async def filtered(target: Target, args: argparse.Namespace) -> dict:
     kinds = ["a", "b", "c", "d"]
     groups = []
     for kind in kinds:
-        groups.append(await open_many(target.url, args.connections // len(kinds), "flt",
-                                      lambda kind=kind: Subscriber(stats, b'"eventType":"%s"' % kind.encode()),
-                                      f"&eventTypes={kind}"))
+        group = [Subscriber(stats, kind.encode(), step=len(kinds)) for _ in range(args.connections // len(kinds))]
+        groups.append(await open_subscribers(target.url, group, "flt", f"&eventTypes={kind}"))
     _, publisher = await ws_connect(Publisher, f"{target.url}?tenant_id=flt&user_id=pub")
     events = args.events
     cpu0, load0, started = target.cpu(), time.process_time(), time.perf_counter()
@@ -315,10 +397,8 @@ async def tenants_lockstep(target: Target, args: argparse.Namespace) -> dict:
 async def _tenants(target: Target, args: argparse.Namespace, window: int, per_tenant: int) -> dict:
     stats = Stats()
     names = [f"t{i}" for i in range(100)]
-    subscribers = await open_many(target.url, 1000, [names[i // 10] for i in range(1000)],
-                                  lambda: Subscriber(stats, None))
-    for index, subscriber in enumerate(subscribers):
-        subscriber.expected_type = b'"tenantId":"%s"' % names[index // 10].encode()
+    subscribers = await open_subscribers(target.url, [Subscriber(stats, expected_tenant=names[i // 10].encode()) for i in range(1000)],
+                                         [names[i // 10] for i in range(1000)])
     publishers = [p for _, p in await asyncio.gather(*(ws_connect(Publisher, f"{target.url}?tenant_id={t}&user_id=pub") for t in names))]
     cpu0, load0, started = target.cpu(), time.process_time(), time.perf_counter()
     sent = [0] * len(publishers)
@@ -349,7 +429,10 @@ def summarize(target: Target, stats: Stats, expected: int, published: int, start
               load0: float, subscribers: list) -> dict:
     wall = time.perf_counter() - started
     cpu = target.cpu() - cpu0
-    lost = max(0, expected - stats.delivered)
+    load_cpu = time.process_time() - load0  # before the percentiles' sort
+    stats.tally(subscribers)
+    latencies = sorted(stats.latencies)
+    lost = max(expected - stats.delivered, stats.lost)  # missing at the end, or gaps in a sequence
     return {
         "target": target.name,
         "delivered": stats.delivered,
@@ -357,12 +440,13 @@ def summarize(target: Target, stats: Stats, expected: int, published: int, start
         "delivered_per_second": round(stats.delivered / wall),
         "delivered_per_server_cpu_second": round(stats.delivered / cpu) if cpu > 0 else None,
         "publishes_per_second": round(published / wall),
-        "latency_ms_p50": round(percentile(stats.latencies, 0.50) * 1000, 3),
-        "latency_ms_p99": round(percentile(stats.latencies, 0.99) * 1000, 3),
-        "latency_ms_max": round(max(stats.latencies, default=0) * 1000, 3),
+        "latency_ms_p50": round(percentile(latencies, 0.50) * 1000, 3),
+        "latency_ms_p99": round(percentile(latencies, 0.99) * 1000, 3),
+        "latency_ms_max": round(max(latencies, default=0) * 1000, 3),
         "server_cpu_seconds": round(cpu, 3),
         "server_rss_mib": round(target.rss() / 2**20, 1),
-        "load_cpu_seconds": round(time.process_time() - load0, 3),
+        "load_cpu_seconds": round(load_cpu, 3),
+        "load_reader": reader_module.READER_IMPLEMENTATION,
         "wall_seconds": round(wall, 3),
         "lost": lost,
         "duplicated": stats.duplicated,
@@ -397,7 +481,8 @@ async def http(target: Target, args: argparse.Namespace) -> dict:
         "publishes_per_second": round(done / wall),
         "publishes_per_server_cpu_second": round(done / cpu) if cpu > 0 else None,
         "server_cpu_seconds": round(cpu, 3),
-        "load_cpu_seconds": round(time.process_time() - load0, 3),
+        "load_cpu_seconds": round(load_cpu, 3),
+        "load_reader": reader_module.READER_IMPLEMENTATION,
         "correct": done == count // len(publishers) * len(publishers),
     }
 
