@@ -363,7 +363,9 @@ async def _latency(target: Target, args: argparse.Namespace, connections: int) -
 
 
 async def filtered(target: Target, args: argparse.Namespace) -> dict:
-    """Subscribers filter on event type: each receives exactly its type's events."""
+    """Subscribers filter on event type: each receives exactly its type's events. 8,000 events
+    by default (--events x 4): each reaches a quarter of the subscribers, so 2,000,000
+    deliveries, as many as in fanout."""
     stats = Stats()
     kinds = ["a", "b", "c", "d"]
     groups = []
@@ -371,7 +373,7 @@ async def filtered(target: Target, args: argparse.Namespace) -> dict:
         group = [Subscriber(stats, kind.encode(), step=len(kinds)) for _ in range(args.connections // len(kinds))]
         groups.append(await open_subscribers(target.url, group, "flt", f"&eventTypes={kind}"))
     _, publisher = await ws_connect(Publisher, f"{target.url}?tenant_id=flt&user_id=pub")
-    events = args.events
+    events = args.events * len(kinds)
     cpu0, load0, started = target.cpu(), time.process_time(), time.perf_counter()
     await publish_windowed(publisher, events, args.window, lambda n: kinds[n % len(kinds)])
     expected = events // len(kinds) * (args.connections // len(kinds)) * len(kinds)
@@ -481,8 +483,7 @@ async def http(target: Target, args: argparse.Namespace) -> dict:
         "publishes_per_second": round(done / wall),
         "publishes_per_server_cpu_second": round(done / cpu) if cpu > 0 else None,
         "server_cpu_seconds": round(cpu, 3),
-        "load_cpu_seconds": round(load_cpu, 3),
-        "load_reader": reader_module.READER_IMPLEMENTATION,
+        "load_cpu_seconds": round(time.process_time() - load0, 3),
         "correct": done == count // len(publishers) * len(publishers),
     }
 
