@@ -56,10 +56,12 @@ class Floor:
     def queue(self, connection: "Connection", frame: bytes) -> None:
         pending = connection.pending
         if pending is None:
-            connection.pending = [frame]
+            connection.pending = frame  # one frame waits as itself, as in fastws: no list to collect
             self.dirty.append(connection)
             if len(self.dirty) == 1:
                 self.loop.call_soon(self.flush)
+        elif type(pending) is bytes:
+            connection.pending = [pending, frame]
         else:
             pending.append(frame)
 
@@ -68,7 +70,7 @@ class Floor:
         for connection in dirty:
             pending, connection.pending = connection.pending, None
             if pending is not None and connection.write is not None:
-                connection.write(pending[0] if len(pending) == 1 else b"".join(pending))
+                connection.write(pending if type(pending) is bytes else b"".join(pending))
 
     def publish(self, publisher: "Connection", message: dict) -> None:
         tenant = publisher.tenant
@@ -88,8 +90,10 @@ class Floor:
         for connection in self.tenants[tenant]:
             pending = connection.pending
             if pending is None:
-                connection.pending = [frame]
+                connection.pending = frame
                 dirty.append(connection)
+            elif type(pending) is bytes:
+                connection.pending = [pending, frame]
             else:
                 pending.append(frame)
         if was_idle and dirty:
@@ -100,7 +104,7 @@ class Connection(WSListener):
     def __init__(self, floor: Floor, tenant: str, user: str) -> None:
         self.floor, self.tenant, self.user = floor, tenant, user
         self.channel = f"tenant:{tenant}"
-        self.pending: list[bytes] | None = None
+        self.pending: bytes | list[bytes] | None = None  # one frame, or several in order
         self.write = None
         self.transport: WSTransport | None = None
 
