@@ -10,7 +10,7 @@ CPU when the server has one worker), and reports per scenario: events
 delivered per second and per server CPU-second (CPU summed over every server
 process), publish acks per second, latency p50/p99/max, server peak RSS, the
 load generator's own CPU, and correctness (lost, duplicated, misrouted: all
-expected 0). ``--compare`` runs fastws, the reference and the floor
+expected 0; every publish acked). ``--compare`` runs fastws, the reference and the floor
 alternately ``--rounds`` times per scenario and reports median ratios.
 
 The receive path is lean: subscribers are bare asyncio protocols, and each read
@@ -118,6 +118,19 @@ class Target:
             try:
                 total += process.memory_info().rss
             except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def peak_rss(self) -> int:
+        """The server processes' peak RSS so far (VmHWM), summed."""
+        total = 0
+        for process in self.tree:
+            try:
+                with open(f"/proc/{process.pid}/status", "rb") as status:
+                    for line in status:
+                        if line.startswith(b"VmHWM:"):
+                            total += int(line.split()[1]) * 1024
+            except (FileNotFoundError, ProcessLookupError):
                 pass
         return total
 
@@ -334,8 +347,8 @@ async def fanout(target: Target, args: argparse.Namespace) -> dict:
     cpu0, load0, started = target.cpu(), time.process_time(), time.perf_counter()
     await publish_windowed(publisher, events, args.window)
     expected = events * args.connections
-    await wait_until(lambda: stats.delivered >= expected, 60)
-    return summarize(target, stats, expected, events, started, cpu0, load0, subscribers)
+    await wait_until(lambda: stats.delivered >= expected and publisher.acks >= events, 60)
+    return summarize(target, stats, expected, events, started, cpu0, load0, subscribers, [publisher])
 
 
 async def latency(target: Target, args: argparse.Namespace) -> dict:
@@ -358,8 +371,8 @@ async def _latency(target: Target, args: argparse.Namespace, connections: int) -
         await asyncio.sleep(max(0.0, started + n / args.rate - time.perf_counter()))
         publisher.publish(n)
     expected = events * connections
-    await wait_until(lambda: stats.delivered >= expected, 60)
-    return summarize(target, stats, expected, events, started, cpu0, load0, subscribers)
+    await wait_until(lambda: stats.delivered >= expected and publisher.acks >= events, 60)
+    return summarize(target, stats, expected, events, started, cpu0, load0, subscribers, [publisher])
 
 
 async def filtered(target: Target, args: argparse.Namespace) -> dict:
@@ -377,8 +390,9 @@ async def filtered(target: Target, args: argparse.Namespace) -> dict:
     cpu0, load0, started = target.cpu(), time.process_time(), time.perf_counter()
     await publish_windowed(publisher, events, args.window, lambda n: kinds[n % len(kinds)])
     expected = events // len(kinds) * (args.connections // len(kinds)) * len(kinds)
-    await wait_until(lambda: stats.delivered >= expected, 60)
-    return summarize(target, stats, expected, events, started, cpu0, load0, [s for g in groups for s in g])
+    await wait_until(lambda: stats.delivered >= expected and publisher.acks >= events, 60)
+    return summarize(target, stats, expected, events, started, cpu0, load0, [s for g in groups for s in g],
+                     [publisher])
 
 
 async def tenants(target: Target, args: argparse.Namespace) -> dict:
@@ -424,12 +438,13 @@ async def _tenants(target: Target, args: argparse.Namespace, window: int, per_te
             await asyncio.wait_for(waiter, 30)
     expected = per_tenant * 1000
     await wait_until(lambda: stats.delivered >= expected, 60)
-    return summarize(target, stats, expected, per_tenant * 100, started, cpu0, load0, subscribers)
+    return summarize(target, stats, expected, per_tenant * 100, started, cpu0, load0, subscribers, publishers)
 
 
 def summarize(target: Target, stats: Stats, expected: int, published: int, started: float, cpu0: float,
-              load0: float, subscribers: list) -> dict:
+              load0: float, subscribers: list, publishers: "list[Publisher]") -> dict:
     wall = time.perf_counter() - started
+    acks = sum(publisher.acks for publisher in publishers)
     cpu = target.cpu() - cpu0
     load_cpu = time.process_time() - load0  # before the percentiles' sort
     stats.tally(subscribers)
@@ -442,18 +457,21 @@ def summarize(target: Target, stats: Stats, expected: int, published: int, start
         "delivered_per_second": round(stats.delivered / wall),
         "delivered_per_server_cpu_second": round(stats.delivered / cpu) if cpu > 0 else None,
         "publishes_per_second": round(published / wall),
+        "acks": acks,
+        "acks_per_second": round(acks / wall),
         "latency_ms_p50": round(percentile(latencies, 0.50) * 1000, 3),
         "latency_ms_p99": round(percentile(latencies, 0.99) * 1000, 3),
         "latency_ms_max": round(max(latencies, default=0) * 1000, 3),
         "server_cpu_seconds": round(cpu, 3),
         "server_rss_mib": round(target.rss() / 2**20, 1),
+        "server_peak_rss_mib": round(target.peak_rss() / 2**20, 1),
         "load_cpu_seconds": round(load_cpu, 3),
         "load_reader": reader_module.READER_IMPLEMENTATION,
         "wall_seconds": round(wall, 3),
         "lost": lost,
         "duplicated": stats.duplicated,
         "misrouted": stats.misrouted,
-        "correct": lost == 0 and stats.duplicated == 0 and stats.misrouted == 0,
+        "correct": lost == 0 and stats.duplicated == 0 and stats.misrouted == 0 and acks == published,
     }
 
 
