@@ -41,8 +41,7 @@ import psutil
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
-from benchmarks import reader as reader_module
-from benchmarks.reader import load_reader
+from benchmarks.reader import implementation, load_reader
 
 SERVER_PYTHON = [sys.executable]
 #: where the server under test starts (--server-dir): ``-m fastws`` imports that checkout's package
@@ -226,7 +225,9 @@ class Subscriber(asyncio.Protocol):
 
     def _control(self, first: int, payload: bytes) -> None:
         opcode = first & 0x0F
-        if opcode == 0x9:  # ping: a masked pong (a zero mask leaves the payload as it is)
+        if opcode in (0x8, 0x9, 0xA) and len(payload) > 125:  # not a control frame RFC 6455 allows
+            self.reader.misrouted += 1
+        elif opcode == 0x9:  # ping: a masked pong (a zero mask leaves the payload as it is)
             self.transport.write(bytes((0x8A, 0x80 | len(payload))) + b"\0\0\0\0" + payload)  # type: ignore[union-attr]
         elif opcode == 0x8:  # close: answer it and let the server end the connection
             self.transport.write(bytes((0x88, 0x80 | len(payload))) + b"\0\0\0\0" + payload)  # type: ignore[union-attr]
@@ -466,7 +467,7 @@ def summarize(target: Target, stats: Stats, expected: int, published: int, start
         "server_rss_mib": round(target.rss() / 2**20, 1),
         "server_peak_rss_mib": round(target.peak_rss() / 2**20, 1),
         "load_cpu_seconds": round(load_cpu, 3),
-        "load_reader": reader_module.READER_IMPLEMENTATION,
+        "load_reader": implementation(Reader),
         "wall_seconds": round(wall, 3),
         "lost": lost,
         "duplicated": stats.duplicated,

@@ -15,7 +15,7 @@ caller. It builds no Python object per event beyond the latency's float.
 Two implementations with one behaviour (tests/integration/test_load_reader.py runs both):
 ``benchmarks/_reader.pyx``, compiled on first use with pyximport when Cython and a C
 compiler are there, and ``Reader`` below, in Python. ``load_reader()`` picks the compiled
-one unless ``FASTWS_BENCH_READER=python``; ``READER_IMPLEMENTATION`` after it says which.
+one unless ``FASTWS_BENCH_READER=python``; ``implementation(reader)`` names it.
 """
 
 from __future__ import annotations
@@ -100,24 +100,21 @@ class Reader:
             self.latencies.append(now - float(stamp))
 
 
-READER_IMPLEMENTATION = "python"
-
-
 def load_reader() -> type:
     """The compiled Reader when it builds (and FASTWS_BENCH_READER is not ``python``), else the Python one."""
-    global READER_IMPLEMENTATION
     if os.environ.get("FASTWS_BENCH_READER") == "python":
-        READER_IMPLEMENTATION = "python"
         return Reader
     try:
-        compiled = compiled_reader()
+        return compiled_reader()
     except Exception:  # no Cython or no C compiler here: the Python reader does the same, slower
         if os.environ.get("FASTWS_BENCH_READER") == "cython":
             raise
-        READER_IMPLEMENTATION = "python"
         return Reader
-    READER_IMPLEMENTATION = "cython"
-    return compiled
+
+
+def implementation(reader: type) -> str:
+    """``python`` for the Reader above, ``cython`` for the compiled one."""
+    return "python" if reader is Reader else "cython"
 
 
 def compiled_reader() -> type:

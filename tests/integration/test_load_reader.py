@@ -120,6 +120,16 @@ async def test_a_ping_between_events_is_answered_with_a_masked_pong():
     assert (stats.delivered, stats.lost, stats.misrouted) == (2, 0, 0)
 
 
+async def test_a_ping_over_125_bytes_is_not_answered_and_counts_as_misrouted():
+    stats = Stats()
+    subscriber = Subscriber(stats)
+    wire = opened(subscriber)
+    subscriber.data_received(b"\x89\x7e\x00\x7e" + b"x" * 126 + event(0))
+    assert wire.written == []
+    stats.tally([subscriber])
+    assert (stats.delivered, stats.misrouted) == (1, 1)
+
+
 async def test_a_binary_frame_counts_as_misrouted():
     stats = Stats()
     subscriber = Subscriber(stats)
