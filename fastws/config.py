@@ -36,7 +36,10 @@ class Limits:
     max_batch: int = 1000
     #: bytes of events waiting for a slow connection; past it events are dropped by priority,
     #: and a connection that cannot take its critical events is closed (4008)
-    max_send_buffer: int = 16 * MIB
+    max_send_buffer: int = 1 * MIB
+    #: bytes waiting for all slow connections of a host (each worker takes its share); past it
+    #: the connections holding the most are shed, then closed (4008). docs/security.md: why
+    max_send_buffer_total: int = 128 * MIB
     #: distinct event types and sources remembered per tenant for GET /api/websocket
     max_tracked_names: int = 256
     #: publishes per second per connection (and burst): excess is rate_limited
@@ -119,6 +122,7 @@ class Settings:
         "max_subscriptions": "FASTWS_MAX_SUBSCRIPTIONS",
         "max_batch": "FASTWS_MAX_BATCH",
         "max_send_buffer": "FASTWS_MAX_SEND_BUFFER",
+        "max_send_buffer_total": "FASTWS_MAX_SEND_BUFFER_TOTAL",
         "max_tracked_names": "FASTWS_MAX_TRACKED_NAMES",
         "max_idle_tenants": "FASTWS_MAX_IDLE_TENANTS",
         "history_size": "FASTWS_HISTORY_SIZE",

@@ -26,6 +26,7 @@ from ..hub import Hub
 from ..rest import Request, Response, RestAPI, error_response
 from ..session import connection_id_bytes
 from ..auth import Authenticator, OriginPolicy, bearer_token
+from ..backlog import Budget
 from ..broker import SharedSegment
 from ..control import Flags
 from . import allocator
@@ -63,6 +64,10 @@ class Server:
         self.control = WorkerControl(self, segment, worker, wake_fds)
         self.rest = RestAPI(self.hub, self.settings, self._state, self.control)
         self.connections: set[Connection] = set()
+        #: this worker's share of the host's bytes waiting for slow connections, and who holds them
+        self.workers = len(wake_fds) if wake_fds else 1
+        self.budget = Budget(self.settings.limits.max_send_buffer_total // self.workers)
+        self.backlogged: set[Connection] = set()
         self.http_connections: set[HttpProtocol] = set()
         self.accepting = False
         # picows builds a logger per connection unless given an adapter
@@ -149,6 +154,7 @@ class Server:
         self.hub.authenticator = self.authenticator
         self.origins = OriginPolicy.from_settings(settings)
         self.hub.limits = settings.limits
+        self.budget.limit = settings.limits.max_send_buffer_total // self.workers
         self.rest.settings = settings
         self.hub.broker.max_events = settings.limits.history_size
         self.hub.broker.max_bytes = settings.limits.history_bytes
@@ -286,6 +292,18 @@ class Server:
         dirty.append(connection)
         if len(dirty) == 1:
             self._loop.call_soon(self._flush)  # type: ignore[union-attr]
+
+    def relieve_budget(self) -> None:
+        """The worker's send budget is spent: shed the connections holding the most, then close
+        them with 4008, down to the budget's low-water mark (fastws.backlog.Budget.plan)."""
+        holders = [(c.backlog.nbytes, c.backlog.droppable_bytes(), c) for c in self.backlogged if c.backlog]
+        shed, close = self.budget.plan(holders)
+        for connection, target in shed:
+            connection.shed(target)  # type: ignore[attr-defined]
+        for connection in close:
+            connection.overflow("slow consumer: the server's send budget is spent")  # type: ignore[attr-defined]
+        if shed or close:
+            log.info("send budget spent: shed %d and closed %d slow connections", len(shed), len(close))
 
     def _flush(self) -> None:
         dirty = self._dirty

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import socket
 import time
-from collections import deque
 from typing import TYPE_CHECKING
 
 import orjson
@@ -21,6 +20,7 @@ import orjson
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from .. import codes
+from ..backlog import NEVER_DROP, Backlog, low_water
 from ..core import frame_text
 from ..exceptions import ConnectionClosedError
 from ..messages import Filters
@@ -40,8 +40,6 @@ _BINARY = WSMsgType.BINARY
 _CLOSE = WSMsgType.CLOSE
 _PING = WSMsgType.PING
 _PONG = WSMsgType.PONG
-# the priority given to replies and notices in the backlog: above critical, never dropped
-_NEVER_DROP = 4
 
 
 def frame_binary(payload: bytes) -> bytes:
@@ -61,7 +59,7 @@ class Connection(WSListener):
     __slots__ = (
         "server", "address", "_expiry_timer", "_connect_options",
         "transport", "session", "_pending", "_fragments", "_fragments_binary",
-        "_fragments_size", "_closing", "_backlog", "_backlog_bytes", "_missed", "paused", "guard", "pinged", "quiet",
+        "_fragments_size", "_closing", "backlog", "paused", "guard", "pinged", "quiet",
     )
 
     def __init__(
@@ -88,12 +86,9 @@ class Connection(WSListener):
         self._fragments_binary = False
         self._fragments_size = 0
         self._closing = False
-        # backpressure: (frame, priority, channel, offset) waiting for the transport, and
-        # per channel [first, last, count] of events dropped since the client was last told
-        # made when first needed: most connections never see backpressure
-        self._backlog: deque[tuple[bytes, int, str, int]] | None = None
-        self._backlog_bytes = 0
-        self._missed: dict[str, list[int]] | None = None
+        #: frames waiting for the transport to drain (fastws.backlog); made when first
+        #: needed, dropped once sent: most connections never see backpressure
+        self.backlog: Backlog | None = None
         self.paused = False
         #: the CloseGuard in front of picows (it notes when data last arrived: Server._heartbeat)
         self.guard: "CloseGuard | None" = None
@@ -139,7 +134,7 @@ class Connection(WSListener):
         self.guard = None
         self.transport = None
         self._expiry_timer = None
-        self._backlog = None
+        self._drop_backlog()
 
     def _arm_expiry(self, expires_at: float) -> None:
         delay = max(0.0, expires_at - time.time())
@@ -265,20 +260,22 @@ class Connection(WSListener):
     #
     # While the transport takes data, frames queued in one loop iteration go out
     # in one write. When it pushes back (pause_writing: the kernel's and the
-    # transport's buffers are full), frames wait in a backlog holding references
-    # to the shared frames, bounded by max_send_buffer bytes; past it, events are
-    # dropped lowest priority first (low, normal, high), oldest first. Critical
-    # events and replies are never dropped: when they alone overflow it, the
+    # transport's buffers are full), frames wait in a Backlog (fastws.backlog)
+    # holding references to the shared frames, bounded by max_send_buffer bytes
+    # per connection and by the worker's share of max_send_buffer_total for all
+    # of them (Server.relieve_budget); past a bound, events are dropped lowest
+    # priority first (low, normal, high), oldest first, at O(1) each. Critical
+    # events and replies are never dropped: when they alone overflow, the
     # connection is closed with 4008. Once the transport drains, the client is
     # first told what it missed (a "missed" message with, per channel, the first
     # and last offset dropped), so it can recover them from history.
 
     def send(self, frame: bytes) -> None:
         """Queue a reply or notice (never dropped)."""
-        self.send_event(frame, _NEVER_DROP, "", 0)
+        self.send_event(frame, NEVER_DROP, "", 0)
 
     def send_event(self, frame: bytes, priority: int, channel: str, offset: int) -> None:
-        """Queue an event (replies use priority _NEVER_DROP); under backpressure it may be dropped by priority."""
+        """Queue an event (replies use priority NEVER_DROP); under backpressure it may be dropped by priority."""
         if self.paused:
             self._backlog_add(frame, priority, channel, offset)
             return
@@ -319,57 +316,55 @@ class Connection(WSListener):
 
     def resume_writing(self) -> None:
         self.paused = False
-        if self._closing:
+        backlog = self.backlog
+        if self._closing or backlog is None:
             return
-        backlog = self._backlog or ()
-        self._backlog = None
-        self._backlog_bytes = 0
-        if self._missed:
-            self.send(frame_text(orjson.dumps({"type": "missed", "count": sum(m[2] for m in self._missed.values()),
-                                               "channels": {ch: {"first": m[0], "last": m[1], "count": m[2]}
-                                                            for ch, m in self._missed.items()}})))
-            self._missed = None
-        for frame, _, _, _ in backlog:
+        self._drop_backlog()
+        notice = backlog.missed_notice()
+        if notice is not None:
+            self.send(frame_text(orjson.dumps(notice)))
+        for frame in backlog.drain():
             self.send(frame)
 
     def _backlog_add(self, frame: bytes, priority: int, channel: str, offset: int) -> None:
         if self._closing:
             return
-        if self._backlog is None:
-            self._backlog = deque()
-        self._backlog.append((frame, priority, channel, offset))
-        self._backlog_bytes += len(frame)
-        if self._backlog_bytes > self.server.settings.limits.max_send_buffer:
-            self._shed()
-
-    def _shed(self) -> None:
-        """Drop events, lowest priority and oldest first, until the backlog fits; close if it cannot."""
-        limit = self.server.settings.limits.max_send_buffer
-        drops = self.server.hub.metrics.drops
-        for priority in (0, 1, 2):
-            if self._backlog_bytes <= limit:
+        backlog = self.backlog
+        server = self.server
+        if backlog is None:
+            backlog = self.backlog = Backlog()
+            server.backlogged.add(self)
+        backlog.add(frame, priority, channel, offset)
+        budget = server.budget
+        budget.used += len(frame)
+        limit = server.settings.limits.max_send_buffer
+        if backlog.nbytes > limit:
+            budget.used -= backlog.shed(low_water(limit), server.hub.metrics.drops)
+            if backlog.nbytes > limit:
+                self.overflow("slow consumer: critical events could not be delivered")
                 return
-            kept: deque = deque()
-            for entry in self._backlog:
-                frame, entry_priority, channel, offset = entry
-                if entry_priority == priority and self._backlog_bytes > limit:
-                    self._backlog_bytes -= len(frame)
-                    drops[priority] += 1
-                    if self._missed is None:
-                        self._missed = {}
-                    missed = self._missed.get(channel)
-                    if missed is None:
-                        self._missed[channel] = [offset, offset, 1]
-                    else:
-                        missed[0] = min(missed[0], offset)
-                        missed[1] = max(missed[1], offset)
-                        missed[2] += 1
-                else:
-                    kept.append(entry)
-            self._backlog = kept
-        if self._backlog_bytes > limit:
-            drops[3] += sum(1 for entry in self._backlog if entry[1] == 3)
-            self.close(codes.SLOW_CONSUMER, "slow consumer: critical events could not be delivered")
+        if budget.used > budget.limit:
+            server.relieve_budget()
+
+    def shed(self, target: int) -> None:
+        """Drop droppable events until at most ``target`` bytes wait (Server.relieve_budget)."""
+        backlog = self.backlog
+        if backlog is not None:
+            self.server.budget.used -= backlog.shed(target, self.server.hub.metrics.drops)
+
+    def overflow(self, reason: str) -> None:
+        """Close with 4008: what waits cannot be delivered within the bounds (critical events count as dropped)."""
+        backlog = self.backlog
+        if backlog is not None:
+            self.server.hub.metrics.drops[3] += backlog.critical
+        self.close(codes.SLOW_CONSUMER, reason)
+
+    def _drop_backlog(self) -> None:
+        backlog = self.backlog
+        if backlog is not None:
+            self.backlog = None
+            self.server.backlogged.discard(self)
+            self.server.budget.used -= backlog.nbytes
 
     def heartbeat(self, idle_ticks: int, timeout_ticks: int, timeout: float) -> None:
         """One tick of the server's heartbeat (Server._heartbeat): PING a peer silent for
@@ -390,7 +385,7 @@ class Connection(WSListener):
                     "Initiating disconnect because no PONG was received within %s seconds", timeout)
                 self._closing = True
                 self._pending = None
-                self._backlog = None
+                self._drop_backlog()
                 transport.send_close(
                     WSCloseCode.GOING_AWAY, f"peer has not replied to ping/heartbeat request within {timeout} second(s)")
                 # Dropped, not closed gracefully: a dead peer would hold a graceful close until TCP gives up.
@@ -425,12 +420,15 @@ class Connection(WSListener):
             self.flush()
         self._closing = True
         self._pending = None
-        self._backlog = None
+        self._drop_backlog()
         transport.send_close(WSCloseCode(close_code), codes.close_reason(reason))
         transport.disconnect(graceful=True)
         if close_code == codes.SLOW_CONSUMER:
             # Its backlog is dropped; what the transport already holds (and the close
             # frame behind it) gets drain_timeout to go out, then the socket is dropped.
-            asyncio.get_running_loop().call_later(
-                self.server.settings.drain_timeout, transport.disconnect, False
-            )
+            asyncio.get_running_loop().call_later(self.server.settings.drain_timeout, self._abort, transport)
+
+    def _abort(self, transport: WSTransport) -> None:
+        """Drop the socket of a connection closed with 4008 whose peer did not read its close in time."""
+        if self.transport is transport:  # not yet gone (on_ws_disconnected clears it)
+            transport.disconnect(False)

@@ -28,6 +28,7 @@ MIB = 1024 * 1024
 ECHO_LIMITS = {
     "max_message_size": 20 * MIB,
     "max_send_buffer": 256 * MIB,
+    "max_send_buffer_total": 256 * MIB,
 }
 
 

@@ -131,3 +131,45 @@ async def test_critical_overflow_closes_with_4008(server):
     assert (await publisher.request({"type": "ping"}))["type"] == "pong"
     stalled.close()
     await publisher.close()
+
+
+@pytest.mark.parametrize("settings", [Settings(
+    host="127.0.0.1", port=0, drain_timeout=2.0, socket_send_buffer=4 * KIB, write_buffer_high=16 * KIB,
+    limits=Limits(max_send_buffer=256 * KIB, max_send_buffer_total=320 * KIB),
+)])
+async def test_worker_budget_sheds_the_largest_then_closes(server):
+    """Past the worker's send budget, the connection holding the most is shed first; when what it
+    holds cannot be shed (critical events), it is closed with 4008; healthy clients lose nothing."""
+    stalled = [await StalledClient.connect(server, "budget", f"stuck{n}") for n in range(3)]
+    publisher = await Client.connect(server.ws_url, "budget", "pub")
+    watcher = await Client.connect(server.ws_url, "budget", "fast")
+    acks = []
+    for n in range(400):  # normal events, 2 KB: every stalled backlog grows alike until the budget sheds
+        acks.append(await publisher.publish("e", {"blob": "x" * 2000, "n": n}))
+        if server.hub.metrics.drops[1] > 30:
+            break
+    assert server.hub.metrics.drops[1] > 30 and server.hub.metrics.drops[3] == 0
+    # the budget, not the per-connection limit, did it: no backlog reached 256 KiB
+    assert server.budget.used <= server.budget.limit
+    assert all(c.backlog is None or c.backlog.nbytes < 256 * KIB for c in server.connections)
+    for n in range(400):  # now critical events, which cannot be shed: the largest holders are closed
+        acks.append(await publisher.publish("e", {"blob": "x" * 2000, "n": n}, priority="critical"))
+        if server.hub.metrics.drops[3]:
+            break
+    assert server.hub.metrics.drops[3] > 0
+    assert server.budget.used <= server.budget.limit
+    assert [e["offset"] for e in await watcher.drain()] == [a["offset"] for a in acks]
+
+
+    async def close_code(client: StalledClient) -> int | None:
+        # read concurrently: a closed connection's socket is dropped drain_timeout after its close
+        messages, code = await client.read_all()
+        while code is None and messages:
+            messages, code = await client.read_all()
+        client.close()
+        return code
+
+    codes = await asyncio.gather(*(close_code(client) for client in stalled))
+    assert 4008 in codes and None in codes, codes  # the largest went, the rest were kept
+    assert (await publisher.request({"type": "ping"}))["type"] == "pong"
+    await publisher.close(), await watcher.close()
