@@ -6,7 +6,8 @@ Runs, each as its own process so that no run inherits another's state:
 2. ``python -m benchmarks.load --compare --scenario all``: every end-to-end
    scenario against fastws, the reference and the floor;
 3. ``python -m benchmarks.fanout --compare-workers``: 1 versus 2 workers;
-4. ``python -m benchmarks.defaults``: the default limits under real load.
+4. ``python -m benchmarks.defaults``: the default limits under real load;
+5. ``python -m benchmarks.slow``: slow consumers against none, in one invocation.
 
 Exits non-zero if any of them reported an incorrect result.
 """
@@ -21,6 +22,7 @@ STEPS = [
     ["benchmarks.load", "--compare", "--scenario", "all"],
     ["benchmarks.fanout", "--compare-workers", "--connections", "1000", "--events", "2000"],
     ["benchmarks.defaults"],
+    ["benchmarks.slow"],
 ]
 
 

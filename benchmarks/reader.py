@@ -25,7 +25,7 @@ import re
 
 #: an event of the load's publishes: event type, sequence and publish time. It cannot match a
 #: frame cut short: the time's closing brace comes last.
-EVENT = re.compile(rb'"eventType":"([^"]*)","data":\{"n":(\d+),"t":([0-9.]+)\}')
+EVENT = re.compile(rb'"eventType":"([^"]*)","data":\{"n":(\d+),"t":([0-9.]+)[},]')
 TENANT = re.compile(rb'"tenantId":"([^"]*)"')
 
 
