@@ -7,7 +7,8 @@ Runs, each as its own process so that no run inherits another's state:
    scenario against fastws, the reference and the floor;
 3. ``python -m benchmarks.fanout --compare-workers``: 1 versus 2 workers;
 4. ``python -m benchmarks.defaults``: the default limits under real load;
-5. ``python -m benchmarks.slow``: slow consumers against none, in one invocation.
+5. ``python -m benchmarks.slow``: slow consumers against none, in one invocation;
+6. ``python -m benchmarks.stopped``: a worker stopped at random moments against none.
 
 Exits non-zero if any of them reported an incorrect result.
 """
@@ -23,6 +24,7 @@ STEPS = [
     ["benchmarks.fanout", "--compare-workers", "--connections", "1000", "--events", "2000"],
     ["benchmarks.defaults"],
     ["benchmarks.slow"],
+    ["benchmarks.stopped"],
 ]
 
 

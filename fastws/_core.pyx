@@ -536,6 +536,13 @@ def new_epoch():
     return os.urandom(8).hex()
 
 
+cdef extern from *:
+    """
+    static inline void fastws_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+    """
+    void _fence "fastws_fence" () noexcept nogil
+
+
 cdef inline uint64_t _get(const unsigned char* p) noexcept nogil:
     cdef uint64_t value
     memcpy(&value, p, 8)  # little-endian hosts only (x86-64, aarch64)
@@ -664,11 +671,12 @@ cdef class RingBuffer:
         cdef uint64_t length = (META_SIZE + len(b_type) + len(b_source) + len(b_publisher)
                                 + len(b_target) + len(frame))
         cdef uint64_t capacity = self._capacity
-        _put(base + H_NEXT, offset + 1)
         if length > capacity:
             _put(base + H_FIRST, offset + 1)
             _put(base + H_HEAD, _get(base + H_TAIL))
             _put(base + H_COUNT, 0)
+            _fence()
+            _put(base + H_NEXT, offset + 1)
             return False
         if _get(base + H_COUNT) == self._max_events:
             self._evict_oldest()
@@ -680,6 +688,9 @@ cdef class RingBuffer:
         if not _get(base + H_COUNT):
             _put(base + H_FIRST, offset)
             _put(base + H_HEAD, start)
+        # Readers take no lock (read): what they may be copying is evicted (H_FIRST moved past
+        # it) before a byte of it is overwritten, and the record is published (H_NEXT) last.
+        _fence()
         cdef unsigned char* at = self._data + start % capacity
         at[0] = <uint8_t>priority
         at[1] = <uint8_t>len(b_type)
@@ -697,42 +708,65 @@ cdef class RingBuffer:
         memset(slot + 12, 0, 4)
         _put(base + H_TAIL, start + length)
         _put(base + H_COUNT, _get(base + H_COUNT) + 1)
+        _fence()
+        _put(base + H_NEXT, offset + 1)
         return True
 
     def read(self, long long since, long long limit):
+        """Up to ``limit`` events after ``since``, oldest first, without a lock.
+
+        A writer may be appending meanwhile, in this or another process: the records
+        are copied first, then H_FIRST is read again, and any record it has moved
+        past (so perhaps overwritten while being copied) is left out. So the events
+        returned start later than ``since + 1`` when some were lost to the reader.
+        """
         cdef unsigned char* base = self._base
+        cdef uint64_t stop = _get(base + H_NEXT)
+        _fence()
         cdef uint64_t first = _get(base + H_FIRST)
         if since + 1 > <long long>first:
             first = <uint64_t>(since + 1)
-        cdef uint64_t stop = _get(base + H_NEXT)
         if limit < 0:
             limit = 0
         if first + <uint64_t>limit < stop:
             stop = first + <uint64_t>limit
-        cdef list events = []
+        cdef uint64_t capacity = self._capacity
+        cdef list raw = []
         cdef uint64_t offset, position
         cdef uint32_t length
-        cdef unsigned char* at
-        cdef unsigned char* end
-        cdef int l_type, l_source, l_publisher, l_target
         offset = first
         while offset < stop:
             position = _get(self._slot(offset))
             memcpy(&length, self._slot(offset) + 8, 4)
-            at = self._data + position % self._capacity
-            end = at + length
-            l_type, l_source, l_publisher, l_target = at[1], at[2], at[3], at[4]
-            priority = at[0]
-            at += META_SIZE
-            event_type = (<char*>at)[:l_type].decode()
-            at += l_type
-            source = (<char*>at)[:l_source].decode()
-            at += l_source
-            publisher = (<char*>at)[:l_publisher].decode()
-            at += l_publisher
-            target = (<char*>at)[:l_target].decode() if l_target else None
-            at += l_target
-            events.append((offset, event_type, source, priority, publisher, target,
-                           PyBytes_FromStringAndSize(<char*>at, end - at)))
+            if length < META_SIZE or position % capacity + length > capacity:
+                break  # being overwritten: the check below leaves it out
+            raw.append(PyBytes_FromStringAndSize(<char*>self._data + position % capacity, length))
+            offset += 1
+        _fence()
+        cdef uint64_t valid = _get(base + H_FIRST)
+        cdef list events = []
+        cdef unsigned char* at
+        cdef unsigned char* end
+        cdef int l_type, l_source, l_publisher, l_target
+        offset = first
+        for record in raw:
+            if offset >= valid:
+                at = <unsigned char*>PyBytes_AS_STRING(<bytes>record)
+                end = at + len(<bytes>record)
+                l_type, l_source, l_publisher, l_target = at[1], at[2], at[3], at[4]
+                if META_SIZE + l_type + l_source + l_publisher + l_target > end - at:
+                    raise ValueError(f"record {offset} of the ring is corrupt")
+                priority = at[0]
+                at += META_SIZE
+                event_type = (<char*>at)[:l_type].decode()
+                at += l_type
+                source = (<char*>at)[:l_source].decode()
+                at += l_source
+                publisher = (<char*>at)[:l_publisher].decode()
+                at += l_publisher
+                target = (<char*>at)[:l_target].decode() if l_target else None
+                at += l_target
+                events.append((offset, event_type, source, priority, publisher, target,
+                               PyBytes_FromStringAndSize(<char*>at, end - at)))
             offset += 1
         return events

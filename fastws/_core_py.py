@@ -390,13 +390,13 @@ class RingBuffer:
             raise ValueError("names are at most 255 bytes, priority a byte")
         length = _META.size + sum(map(len, strings)) + len(frame)
         capacity = self._capacity
-        self._set(32, offset + 1)
         if length > capacity:
             # It can never be held: the history now starts after it.
             tail = self._get(48)
             self._set(24, offset + 1)
             self._set(40, tail)
             self._set(56, 0)
+            self._set(32, offset + 1)
             return False
         if self._get(56) == self._max_events:
             self._evict_oldest()
@@ -408,6 +408,8 @@ class RingBuffer:
         if not self._get(56):
             self._set(24, offset)
             self._set(40, start)
+        # Readers take no lock (read): what they may be copying is evicted (first offset moved
+        # past it) before a byte of it is overwritten, and the record is published (next) last.
         at = self._data + start % capacity
         view = self._view
         _META.pack_into(view, at, priority, *map(len, strings))
@@ -419,26 +421,44 @@ class RingBuffer:
         _SLOT.pack_into(view, self._slot(offset), start, length, 0)
         self._set(48, start + length)
         self._set(56, self._get(56) + 1)
+        self._set(32, offset + 1)
         return True
 
     # -- reading ------------------------------------------------------------------------
 
     def read(self, since: int, limit: int) -> list[tuple[int, str, str, int, str, str | None, bytes]]:
         """Up to ``limit`` events after ``since``, oldest first, as
-        (offset, event_type, source, priority, publisher, target, frame)."""
+        (offset, event_type, source, priority, publisher, target, frame), without a lock.
+
+        A writer may be appending meanwhile, in this or another process: the records
+        are copied first, then the first offset is read again, and any record it has
+        moved past (so perhaps overwritten while being copied) is left out. So the
+        events returned start later than ``since + 1`` when some were lost to the reader.
+        """
+        stop = self._get(32)
         first = max(since + 1, self._get(24))
-        stop = min(self._get(32), first + max(limit, 0))
+        stop = min(stop, first + max(limit, 0))
         view = self._view
-        events = []
+        capacity = self._capacity
+        raw = []
         for offset in range(first, stop):
             position, length, _ = _SLOT.unpack_from(view, self._slot(offset))
-            at = self._data + position % self._capacity
-            priority, *lengths = _META.unpack_from(view, at)
-            at += _META.size
+            if length < _META.size or position % capacity + length > capacity:
+                break  # being overwritten: the check below leaves it out
+            at = self._data + position % capacity
+            raw.append(bytes(view[at:at + length]))
+        valid = self._get(24)
+        events = []
+        for offset, record in enumerate(raw, first):
+            if offset < valid:
+                continue
+            priority, *lengths = _META.unpack_from(record, 0)
+            if _META.size + sum(lengths) > len(record):
+                raise ValueError(f"record {offset} of the ring is corrupt")
+            at = _META.size
             names = []
             for size in lengths:
-                names.append(bytes(view[at:at + size]).decode())
+                names.append(record[at:at + size].decode())
                 at += size
-            end = self._data + position % self._capacity + length
-            events.append((offset, names[0], names[1], priority, names[2], names[3] or None, bytes(view[at:end])))
+            events.append((offset, names[0], names[1], priority, names[2], names[3] or None, record[at:]))
         return events

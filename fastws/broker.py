@@ -16,10 +16,15 @@ worker) holds the control plane and one RingBuffer used as a **shared log**:
 every event of every channel is a record in it, in one total order. The log
 is at once the sequencer, the history and the bus.
 
-1. Appending takes an exclusive ``fcntl`` lock on the segment's file. A
-   worker killed while holding it loses it with its process (the kernel
-   releases record locks), so a ``kill -9`` never wedges the others. A record
-   is visible only once complete (the ring's header is updated after it).
+1. Appending takes the writers' lock, an exclusive ``fcntl`` lock on the
+   segment's file (``WriterLock``). A worker killed while holding it loses it
+   with its process (the kernel releases record locks), so a ``kill -9`` never
+   wedges the others. A writer waits only for another writer, and never for a
+   stopped one: after ``LOCK_LEASE`` it looks the holder up (``F_GETLK``) and,
+   if that process is stopped (SIGSTOP, a debugger), kills it; the supervisor
+   replaces it like any crashed worker, and its clients reconnect and recover.
+   A record is visible only once complete (the ring publishes its next offset
+   after it).
 2. Before appending, the writer applies every record it has not seen yet.
    Each worker keeps, per channel, a replica of the stream's state (epoch,
    last offset, where its recent events sit in the log) built only from the
@@ -31,10 +36,13 @@ is at once the sequencer, the history and the bus.
 4. Workers apply records in log order, delivering other workers' events to
    their local connections; the writer delivers its own at once. So every
    subscriber of a channel, on any worker, sees its events in offset order.
-5. Readers take a shared lock while copying records out, so a writer never
-   overwrites a record being read. A worker that falls so far behind that the
-   log has wrapped past it counts the lost records (its clients see a gap in
-   offsets and can recover from history or resync).
+5. Readers take no lock: a stopped or slow reader never delays a writer.
+   They copy records, then check that the log's first offset has not moved
+   past them (a writer moves it before overwriting a byte: RingBuffer.read);
+   a record overwritten while being copied is left out. A worker that falls
+   so far behind that the log has wrapped past it (it was stopped, say)
+   counts the lost records: its clients see a gap in offsets and can recover
+   what history still holds, or are told ``recovered:false``.
 6. After appending, the writer wakes the other workers (an eventfd each,
    written once per loop iteration). A worker that starts (or restarts)
    rebuilds its replicas from the whole log before serving, so history and
@@ -47,6 +55,7 @@ import fcntl
 import logging
 import mmap
 import os
+import signal
 import struct
 import time
 from collections import deque
@@ -106,8 +115,7 @@ class SharedSegment:
         self.memory = memory
         self.plane = plane
         self.ring = ring
-        self._exclusive = _FileLock(fd, fcntl.LOCK_EX)
-        self._shared = _FileLock(fd, fcntl.LOCK_SH)
+        self._exclusive = WriterLock(fd)
 
     @classmethod
     def create(cls, path: str, limits: Limits, max_workers: int = 64, max_overrides: int = 1024) -> "SharedSegment":
@@ -135,30 +143,82 @@ class SharedSegment:
         ring = RingBuffer(memoryview(memory)[plane_size:])
         return cls(path, fd, memory, plane, ring)
 
-    def exclusive(self) -> "_FileLock":
+    def exclusive(self) -> "WriterLock":
         """The segment's lock for writers (a context manager; made once, reused: it is on the publish path)."""
         return self._exclusive
 
-    def shared(self) -> "_FileLock":
-        """The segment's lock for readers."""
-        return self._shared
+
+#: how long a writer waits for the writers' lock before it looks at the holder
+LOCK_LEASE = 0.05
+# struct flock on Linux (x86-64 and aarch64): l_type, l_whence, l_start, l_len, l_pid
+_FLOCK = struct.Struct("hhxxxxqqixxxx")
 
 
-class _FileLock:
-    """An ``fcntl`` record lock on the segment's file as a context manager (released by the kernel if
-    the holder dies). A plain class, not a generator: entering and leaving cost two calls."""
+class WriterLock:
+    """The writers' exclusive ``fcntl`` lock on the segment's file, as a context manager.
 
-    __slots__ = ("fd", "kind")
+    Released by the kernel if the holder dies. Taken without blocking, retried with
+    short sleeps (a holder keeps it for microseconds); past ``LOCK_LEASE``, a holder
+    that is stopped is killed (module docstring, rule 1), so no writer waits for one.
+    A plain class, not a generator: entering and leaving cost two calls.
+    """
 
-    def __init__(self, fd: int, kind: int) -> None:
+    __slots__ = ("fd", "broken")
+
+    def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.kind = kind
+        #: stopped holders this process has killed
+        self.broken = 0
 
     def __enter__(self) -> None:
-        fcntl.lockf(self.fd, self.kind)
+        try:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError:
+            pass
+        delay = 0.00002
+        deadline = time.monotonic() + LOCK_LEASE
+        while True:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.001)
+            try:
+                fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self._break_stopped_holder()
+                deadline = time.monotonic() + LOCK_LEASE
 
     def __exit__(self, *exc: object) -> None:
         fcntl.lockf(self.fd, fcntl.LOCK_UN)
+
+    def holder(self) -> int:
+        """The pid holding the lock (0 if none)."""
+        answer = fcntl.fcntl(self.fd, fcntl.F_GETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+        kind, _, _, _, pid = _FLOCK.unpack(answer)
+        return pid if kind != fcntl.F_UNLCK else 0
+
+    def _break_stopped_holder(self) -> None:
+        pid = self.holder()
+        if not pid or process_state(pid) not in ("T", "t"):
+            return  # a running holder: it will let go
+        log.error("worker process %d is stopped holding the shared log's writers' lock: killing it "
+                  "(the supervisor replaces it; its clients reconnect and recover)", pid)
+        try:
+            os.kill(pid, signal.SIGKILL)
+            self.broken += 1
+        except ProcessLookupError:
+            pass
+
+
+def process_state(pid: int) -> str:
+    """A process's state letter from /proc (R, S, D, T stopped, t traced, Z...); '' if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return ""
 
 
 # -- the broker --------------------------------------------------------------------------
@@ -214,17 +274,15 @@ class SharedBroker:
 
     def start(self) -> None:
         """Rebuild the replicas from the whole log, delivering nothing (no one was connected)."""
-        with self.segment.shared():
-            self.position_applied = self.ring.first_offset - 1
+        self.position_applied = self.ring.first_offset - 1
         self.catch_up(deliver=False)
 
     # -- applying the log ------------------------------------------------------------------
 
     def catch_up(self, deliver: bool = True) -> None:
-        """Apply every record appended since the last call (lock-free for the caller)."""
+        """Apply every record appended since the last call (no lock)."""
         while True:
-            with self.segment.shared():
-                records = self._read_new(4096)
+            records = self._read_new(4096)
             if not records:
                 return
             for record in records:
@@ -232,13 +290,16 @@ class SharedBroker:
 
     def _read_new(self, limit: int) -> list[Record]:
         ring = self.ring
-        first = ring.first_offset
+        records = ring.read(self.position_applied, limit)
+        # the first record read, or the log's first offset if none: past the next one expected,
+        # the log wrapped past this worker (it was stopped, or slow), and those records are lost to it
+        first = records[0][0] if records else min(ring.first_offset, ring.next_offset)
         if first > self.position_applied + 1:
             lost = first - self.position_applied - 1
             self.lost += lost
             log.error("worker %d fell %d records behind the shared log; they are lost to it", self.worker, lost)
             self.position_applied = first - 1
-        return ring.read(self.position_applied, limit)
+        return records
 
     def _apply(self, record: Record, deliver: bool) -> None:
         global_offset, event_type, source, priority, publisher, target, data = record
@@ -362,11 +423,11 @@ class SharedBroker:
         if not wanted:
             return []
         records = []
-        with self.segment.shared():
-            if wanted[0][1] < self.ring.first_offset:
-                return None
-            for _, global_offset, _ in wanted:
-                records.extend(self.ring.read(global_offset - 1, 1))
+        for _, global_offset, _ in wanted:
+            record = self.ring.read(global_offset - 1, 1)
+            if not record or record[0][0] != global_offset:
+                return None  # it has left the log
+            records.extend(record)
         result = []
         for global_offset, event_type, source, priority, publisher, target, data in records:
             _, _, offset, _, _, channel_length = _RECORD.unpack_from(data)

@@ -181,23 +181,32 @@ class ControlPlane:
     def generation(self) -> int:
         return int.from_bytes(self._view[12:20], "little")
 
-    def read_flags(self) -> Flags:
+    def read_flags(self, locked: bool = False, tries: int = 10_000) -> Flags | None:
+        """The flags, never half-written: a seqlock read, retried while a writer is mid-change.
+
+        ``locked``: the caller holds the writers' lock, so no write is under way (an odd
+        generation is one a writer killed mid-change left; the next write repairs it).
+        Otherwise, after ``tries`` attempts that all met a writer mid-change (one stopped
+        while writing), None: the caller keeps the flags it has, and never waits longer.
+        """
         view = self._view
-        while True:
+        for _ in range(1 if locked else tries):
             generation = self.generation
-            if generation % 2:
+            if generation % 2 and not locked:
                 continue  # a writer is mid-change
             head = bytes(view[20:26])
             count = int.from_bytes(head[4:6], "little")
             overrides = bytes(view[self._overrides_at:self._overrides_at + _OVERRIDE.size * count])
-            if self.generation == generation:
+            if locked or self.generation == generation:
                 return unpack_flags(head, overrides, generation // 2)
+        return None
 
     def write_flags(self, flags: Flags) -> Flags:
-        """Store ``flags`` (the caller holds the shared lock); returns them with their new generation."""
+        """Store ``flags`` (the caller holds the writers' lock); returns them with their new generation."""
         head, overrides = pack_flags(flags, self.max_overrides)
         view = self._view
         generation = self.generation
+        generation += generation % 2  # a writer killed mid-change left it odd: this write repairs it
         view[12:20] = (generation + 1).to_bytes(8, "little")
         view[20:26] = head
         view[self._overrides_at:self._overrides_at + len(overrides)] = overrides

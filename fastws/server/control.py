@@ -59,7 +59,7 @@ class WorkerControl:
             self.plane = segment.plane
         else:
             self.plane = ControlPlane.create(bytearray(ControlPlane.layout_size(1, 1024)), 1, 1024)
-        self.flags: Flags = self.plane.read_flags()
+        self.flags: Flags = self.plane.read_flags() or Flags()
         self.broker: SharedBroker | None = None
         self.latency = [0] * LATENCY_BUCKETS
         self.started_at = time.time()
@@ -107,7 +107,9 @@ class WorkerControl:
         self._ticks += 1
         generation = self.plane.generation
         if generation // 2 != self.flags.generation and generation % 2 == 0:
-            self._apply_flags(self.plane.read_flags())
+            flags = self.plane.read_flags()
+            if flags is not None:
+                self._apply_flags(flags)
         if self._ticks % 2 == 0:
             self.publish_stats()
         self._timer = self._loop.call_later(POLL_INTERVAL, self._tick)  # type: ignore[union-attr]
@@ -155,7 +157,7 @@ class WorkerControl:
     def set_flags(self, body: object) -> Flags:
         """Apply a PUT body's flag changes for every worker of the host; the new flags."""
         with self.lock():
-            current = self.plane.read_flags()
+            current = self.plane.read_flags(locked=True)
             flags = replace(current.updated(body, self.plane.max_overrides), source="api")
             written = self.plane.write_flags(flags)
         self._apply_flags(written)
@@ -164,10 +166,10 @@ class WorkerControl:
     def load_config_flags(self, flags: Flags) -> None:
         """Flags from the configuration: applied unless the API has set them since."""
         with self.lock():
-            current = self.plane.read_flags()
+            current = self.plane.read_flags(locked=True)
             if current.source != "api":
-                self.plane.write_flags(replace(flags, source="config"))
-        self._apply_flags(self.plane.read_flags())
+                current = self.plane.write_flags(replace(flags, source="config"))
+        self._apply_flags(current)
 
     def _apply_flags(self, flags: Flags) -> None:
         previous, self.flags = self.flags, flags

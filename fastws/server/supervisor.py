@@ -199,7 +199,7 @@ class Supervisor:
             return
         if flags is not None:
             with segment.exclusive():
-                if segment.plane.read_flags().source != "api":
+                if segment.plane.read_flags(locked=True).source != "api":
                     segment.plane.write_flags(replace(flags, source="config"))
         for process in self.processes.values():
             if process.returncode is None:

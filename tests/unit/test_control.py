@@ -121,3 +121,18 @@ def test_connection_counters_sum_over_workers_and_clear():
     assert plane.total("address", "10.0.0.1") == 2 and plane.total("tenant", "acme") == 0
     plane.count(1, "tenant", "x", -1)  # never below zero
     assert plane.total("tenant", "x") == 0
+
+
+def test_a_writer_stopped_or_killed_mid_change_never_blocks_a_reader():
+    """Flags are a seqlock: a reader retries while a write is under way, but gives up (None: keep the
+    flags you have) instead of waiting for a writer that stopped mid-change; the next write repairs it."""
+    buffer = bytearray(ControlPlane.layout_size(4, 8))
+    plane = ControlPlane.create(buffer, 4, 8)
+    written = plane.write_flags(Flags(websocket_v2=False))
+    assert plane.read_flags() == written
+    buffer[12:20] = (plane.generation + 1).to_bytes(8, "little")  # a writer stopped half way
+    assert plane.read_flags(tries=100) is None
+    assert plane.read_flags(locked=True).websocket_v2 is False  # the lock's holder reads what is there
+    repaired = plane.write_flags(Flags(websocket_v2=True))
+    assert plane.generation % 2 == 0 and plane.read_flags() == repaired and repaired.websocket_v2
+    assert repaired.generation > written.generation
