@@ -128,6 +128,8 @@ class Hub:
         self.worker = worker
         #: cached debug flag: the hot path never formats log lines unless set
         self.debug = debug
+        #: the worker is shutting down: publishes are refused (Server.close)
+        self.draining = False
         self._sessions: dict[int, Session] = {}
         #: number -> its sink's send_event, bound once: the fan-out loop's only lookup
         self._senders: dict[int, Callable[[bytes, int, str, int], None]] = {}
@@ -375,8 +377,12 @@ class Hub:
 
         Raises ProtocolError (with the publish's ref) for another tenant's
         channel or a payload that cannot be encoded, so a caller can prepare a
-        whole batch before delivering any of it.
+        whole batch before delivering any of it. While the worker drains
+        (``draining``), every publish is refused (service_unavailable, 503):
+        what was acknowledged before is delivered before connections close.
         """
+        if self.draining:
+            raise ProtocolError(codes.SERVICE_UNAVAILABLE, "the server is shutting down", ref=publish.ref)
         if publish.channel is None:
             channel = tenant_channel(tenant_id)
         else:

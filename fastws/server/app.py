@@ -190,7 +190,9 @@ class Server:
         if self._heartbeat_timer is not None:
             self._heartbeat_timer.cancel()
             self._heartbeat_timer = None
+        self.hub.draining = True  # publishes are refused from here on
         self.control.stop("draining")
+        await self.control.drain(min(self.settings.drain_timeout, 2.0))
         for connection in list(self.connections):
             connection.close(close_code, "server shutting down")
         for http in list(self.http_connections):

@@ -103,6 +103,22 @@ class WorkerControl:
             self._loop.remove_reader(self.wake_fds[self.worker])
         self.publish_stats(state)
 
+    async def drain(self, timeout: float) -> None:
+        """Before this worker closes its connections at shutdown (its hub refusing publishes): wait,
+        at most ``timeout``, until no other live worker of the host still takes publishes, then
+        deliver everything in the shared log, so every acknowledged publish reaches every connected
+        subscriber before its close."""
+        if self.broker is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline and any(
+            index != self.worker and row.state == "running" and _alive(row.pid)
+            for index, row in self.plane.workers().items()
+        ):
+            await asyncio.sleep(0.005)
+        self.broker.catch_up()
+
     def _tick(self) -> None:
         self._ticks += 1
         generation = self.plane.generation
@@ -269,3 +285,11 @@ class WorkerControl:
         return sum(count for row in rows.values() for at, count in row.commands if at == position)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
