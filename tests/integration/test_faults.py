@@ -208,3 +208,65 @@ async def test_kill_9_under_load_loses_nothing_and_the_killed_workers_clients_re
 
 async def _true(value: bool) -> bool:
     return value
+
+
+STORM = int(os.environ.get("FASTWS_STORM_CLIENTS", "600"))
+
+
+async def test_reconnect_storm_after_a_worker_dies(cluster):
+    """Half of ``STORM`` fastws.Client connections (600 by default; 5,000 with FASTWS_STORM_CLIENTS=10000)
+    lose their worker at once (kill -9): all reconnect with jittered backoff, are resubscribed and
+    recover what was published meanwhile, within 30 s, while clients on the surviving worker are
+    served throughout (their publishes acked, nothing refused with a 5xx)."""
+    from fastws import Client as ResilientClient
+
+    groups = await cluster.spread("storm", count=4)
+    a = sorted(groups)[0]
+    publisher, watcher = groups[a][0], groups[a][-1]
+    clients = []
+
+    async def one(i: int) -> ResilientClient:
+        client = ResilientClient(cluster.url, "storm", f"s{i}", reconnect_interval=0.1, max_reconnect_interval=2.0)
+        await client.connect()
+        await client.subscribe("news")
+        return client
+
+    for first in range(0, STORM, 100):
+        clients += await asyncio.gather(*(one(i) for i in range(first, min(first + 100, STORM))))
+    victims = [c for c in clients if c.welcome["data"]["worker"] != a]
+    assert len(victims) > STORM // 4
+    _, body = await cluster.http("GET", "/api/websocket/status?detailed=true")
+    victim_pid = body["websocket"]["workers"][str(victims[0].welcome["data"]["worker"])]["pid"]
+    sent = [(await publisher.publish("e", {"n": n}, channel="news"))["id"] for n in range(3)]
+    os.kill(victim_pid, signal.SIGKILL)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while all(c.is_connected for c in victims):  # until the clients notice
+        assert loop.time() - started < 10
+        await asyncio.sleep(0.01)
+    acks_during = 0
+    while not all(c.is_connected for c in clients):
+        assert loop.time() - started < 30, sum(not c.is_connected for c in clients)
+        ack = await publisher.publish("e", {"n": len(sent)}, channel="news")
+        assert ack["type"] == "ack", ack
+        sent.append(ack["id"])
+        acks_during += 1
+        await asyncio.sleep(0.02)
+    sent += [(await publisher.publish("e", {"n": n}, channel="news"))["id"] for n in range(len(sent), len(sent) + 3)]
+    assert acks_during > 0
+
+    async def received(client) -> list[str]:
+        ids = []
+        while len(ids) < len(sent):
+            ids.append((await asyncio.wait_for(client.__anext__(), 30))["id"])
+        return ids
+
+    for first in range(0, len(clients), 200):
+        batch = clients[first:first + 200]
+        for client, ids in zip(batch, await asyncio.gather(*(received(c) for c in batch))):
+            assert ids == sent and not client.recovery_failures
+    assert [e["id"] for e in await watcher.drain() if e.get("eventType") == "e"] == []  # not subscribed to news
+    await asyncio.gather(*(c.disconnect() for c in clients))
+    for group in groups.values():
+        for each in group:
+            await each.close()
