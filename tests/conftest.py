@@ -44,7 +44,7 @@ def core(request: pytest.FixtureRequest):
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item):
     """Integration tests run on uvloop and on the stdlib loop; unit tests on uvloop."""
-    if "integration" in str(item.path):
+    if "integration" in str(item.path) and item.get_closest_marker("uvloop_only") is None:
         return {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
     return {"uvloop": uvloop.new_event_loop}
 
