@@ -32,24 +32,8 @@ __all__ = ["HttpProtocol"]
 
 log = logging.getLogger("fastws.http")
 
-_STATUS_LINES = {
-    status: f"HTTP/1.1 {status} {phrase}\r\n".encode()
-    for status, phrase in {
-        101: "Switching Protocols",
-        200: "OK",
-        400: "Bad Request",
-        403: "Forbidden",
-        404: "Not Found",
-        405: "Method Not Allowed",
-        413: "Content Too Large",
-        415: "Unsupported Media Type",
-        426: "Upgrade Required",
-        429: "Too Many Requests",
-        431: "Request Header Fields Too Large",
-        500: "Internal Server Error",
-        503: "Service Unavailable",
-    }.items()
-}
+#: the status line of every standard status, with its reason phrase
+_STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode() for status in HTTPStatus}
 
 
 #: request headers replayed to picows on an upgrade: the ones it checks (the handshake's, and
@@ -273,9 +257,8 @@ class HttpProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or self._closing:
             return
-        status_line = _STATUS_LINES.get(response.status) or f"HTTP/1.1 {response.status} Status\r\n".encode()
         parts = [
-            status_line,
+            _STATUS_LINES[response.status],
             b"Content-Type: ", response.content_type, b"\r\n",
             b"Content-Length: ", str(len(response.body)).encode(), b"\r\n",
         ]
