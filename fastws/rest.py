@@ -11,6 +11,8 @@ Routes (all JSON)::
     GET    /healthz                       liveness
     GET    /readyz                        readiness (503 while draining)
 
+HEAD is served wherever GET is, without the body.
+
 Every error is ``{"success":false,"error":{"code","message"}}`` with the
 status :mod:`fastws.codes` gives its code. An unexpected exception is logged
 and answered 500 ``internal_error``; its text never reaches the client.
@@ -21,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Iterable, Protocol
 
 import orjson
 
@@ -67,6 +69,11 @@ class Response:
 MAX_HISTORY_LIMIT = 1000
 #: answered without a token
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+def _allow(methods: Iterable[str]) -> bytes:
+    """An Allow header's value: the methods, and HEAD after GET."""
+    return ", ".join(m for method in methods for m in (("GET", "HEAD") if method == "GET" else (method,))).encode()
 
 
 def _truthy(value: str | None) -> bool:
@@ -160,10 +167,11 @@ class RestAPI:
             if request.path == "/ws":
                 return error_response(codes.UPGRADE_REQUIRED, "connect with a WebSocket client", [(b"Upgrade", b"websocket")])
             return error_response(codes.NOT_FOUND, f"no route for {request.path[:100]}")
-        handler = methods.get(request.method)
+        # HEAD is GET without the body (the HTTP front leaves it out)
+        handler = methods.get("GET" if request.method == "HEAD" else request.method)
         if handler is None:
-            allow = ", ".join(methods).encode()
-            return error_response(codes.METHOD_NOT_ALLOWED, f"{request.method[:16]} is not allowed here", [(b"Allow", allow)])
+            message = f"{request.method[:16]} is not allowed here"
+            return error_response(codes.METHOD_NOT_ALLOWED, message, [(b"Allow", _allow(methods))])
         try:
             if request.path not in PUBLIC_PATHS and self.hub.authenticator is not None:
                 self._authorize(request)

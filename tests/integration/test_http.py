@@ -760,10 +760,10 @@ async def test_unknown_path_is_404_with_a_json_error(server, path):
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
     [
-        ("DELETE", "/api/websocket/status", {"GET"}),
-        ("POST", "/api/websocket/status", {"GET"}),
-        ("PATCH", "/api/websocket", {"GET", "POST", "PUT", "DELETE"}),
-        ("POST", "/healthz", {"GET"}),
+        ("DELETE", "/api/websocket/status", {"GET", "HEAD"}),
+        ("POST", "/api/websocket/status", {"GET", "HEAD"}),
+        ("PATCH", "/api/websocket", {"GET", "HEAD", "POST", "PUT", "DELETE"}),
+        ("POST", "/healthz", {"GET", "HEAD"}),
     ],
 )
 async def test_wrong_method_is_405_with_allow(server, method, path, allow):

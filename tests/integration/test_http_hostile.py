@@ -84,3 +84,41 @@ async def test_every_status_line_has_the_standard_reason_phrase(make_server, con
     server.accepting = False  # as while draining: /readyz answers 503
     response = await fetch(server, "GET", "/readyz")
     assert (response.status, response.reason) == (503, "Service Unavailable"), response
+
+
+# --- HEAD -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/healthz", None),
+        ("/readyz", None),
+        ("/api/websocket/status", None),
+        ("/api/websocket", {"X-Tenant-ID": "acme"}),
+        ("/api/websocket", None),
+        ("/api/websocket/history?channel=tenant:acme", {"X-Tenant-ID": "acme"}),
+        ("/nope", None),
+    ],
+)
+async def test_head_answers_like_get_without_the_body(server, connect, quiet_log, path, headers):
+    """HEAD answers GET's status and Content-Length with no body; the next request on the connection is answered."""
+    get = await fetch(server, "GET", path, headers)
+    connection = await connect(server)
+    # HEAD and GET in one write: a body after the HEAD answer would be read as the next status line
+    await connection.send(build_request("HEAD", path, headers) + build_request("GET", "/readyz"))
+    head = await connection.response(head=True)
+    assert head.status == get.status, (head, get)
+    assert head.reason == get.reason
+    assert head.header("Content-Length") == get.header("Content-Length") == str(len(get.body))
+    assert head.header("Content-Type") == get.header("Content-Type")
+    after = await connection.response()
+    assert after.status == 200 and after.json() == {"success": True, "status": "ready"}, after
+    assert head.header("Connection") == after.header("Connection") == "keep-alive"
+
+
+async def test_head_needs_a_token_where_get_does(make_server, quiet_log):
+    """With tokens required, HEAD of a protected path is 401 as GET is; HEAD /healthz stays public."""
+    server = await make_server(jwt_secret=SECRET)
+    assert (await fetch(server, "HEAD", "/api/websocket/status")).status == 401
+    assert (await fetch(server, "HEAD", "/healthz")).status == 200
