@@ -1,9 +1,11 @@
 """HTTP/1.1 front protocol: REST requests with keep-alive, WebSocket upgrades handed to picows.
 
-httptools parses; picows only speaks WebSocket. On an upgrade to ``/ws`` the
-request is checked (tenant and user ids) and, if good, this protocol replaces
+httptools parses; picows only speaks WebSocket. Only a GET of ``/ws`` that
+asks for a WebSocket is upgraded; any other request with upgrade headers is
+parsed again without them and answered by the REST API like any request. An
+upgrade is checked (tenant and user ids) and, if good, this protocol replaces
 itself on the transport with picows' ``WSProtocol`` and replays the request
-bytes, plus anything that followed them in the same segment, into it.
+to it, in short, then anything that followed it in the same segment.
 ``WSProtocol`` is picows-internal: pyproject pins the picows version and
 tests/integration/test_http.py covers the hand-off.
 """
@@ -14,7 +16,7 @@ import asyncio
 import logging
 from collections import deque
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable
 from urllib.parse import parse_qsl
 
 import httptools
@@ -23,7 +25,7 @@ from picows.picows import WSAutoPingStrategy, WSProtocol  # type: ignore[attr-de
 
 from .. import codes
 from ..core import CloseScanner
-from ..rest import Request, Response, error_response
+from ..rest import WEBSOCKET_PATH, Request, Response, error_response
 
 if TYPE_CHECKING:
     from .app import Server
@@ -43,6 +45,11 @@ _UPGRADE_HEADERS = frozenset((
 ))
 #: picows refuses a request with more header lines than this
 _PICOWS_MAX_HEADERS = 128
+
+
+def _asks_websocket(headers: dict[str, str]) -> bool:
+    """The Upgrade header names websocket among its protocols (RFC 6455 4.2.1, item 3)."""
+    return any(token.strip().lower() == "websocket" for token in headers.get("upgrade", "").split(","))
 
 
 class _SwitchingProtocols:
@@ -94,6 +101,7 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "server", "transport", "parser", "_url", "_headers", "_content_length", "_body", "_size",
         "_body_size", "_deadline", "_closing", "_in_head", "_head_bytes", "_completed", "_waiting",
+        "_upgrading", "_replay",
     )
 
     def __init__(self, server: "Server") -> None:
@@ -116,6 +124,10 @@ class HttpProtocol(asyncio.Protocol):
         self._completed = 0
         # responses waiting for an earlier, slower one: [response or None, keep_alive, head]
         self._waiting: deque[list] = deque()
+        #: the request to upgrade on, between on_message_complete and the parser's HttpParserUpgrade
+        self._upgrading: Request | None = None
+        #: a request with upgrade headers that is not upgraded, to parse again without them
+        self._replay: bytes | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -145,8 +157,21 @@ class HttpProtocol(asyncio.Protocol):
             try:
                 self.parser.feed_data(piece)
             except httptools.HttpParserUpgrade as upgrade:
-                self._upgrade(piece[upgrade.args[0]:] + data[offset:])
-                return
+                # What follows the request is not HTTP to this parser (see on_message_complete).
+                tail = piece[upgrade.args[0]:] + data[offset:]
+                request, self._upgrading = self._upgrading, None
+                replay, self._replay = self._replay, None
+                if request is not None:
+                    self._upgrade(request, tail)
+                    return
+                if replay is None:
+                    # a CONNECT: its answer closes the connection, read nothing more
+                    if self.transport is not None and not self._closing:
+                        self.transport.pause_reading()
+                    return
+                self.parser = httptools.HttpRequestParser(self)
+                data, offset = replay + tail, 0
+                continue
             except httptools.HttpParserCallbackError as exc:
                 if not isinstance(exc.__context__, _Abort):
                     log.error("error handling HTTP request", exc_info=exc.__context__)
@@ -211,12 +236,37 @@ class HttpProtocol(asyncio.Protocol):
         self._in_head = True
         self._head_bytes = 0
         self._completed += 1
-        if self.parser.should_upgrade():
-            return  # feed_data raises HttpParserUpgrade next
-        request = self._request()
-        response = self.server.rest.handle(request)
-        keep_alive = self.parser.should_keep_alive()
-        head = request.method == "HEAD"
+        parser = self.parser
+        method = parser.get_method().decode("ascii")
+        keep_alive = parser.should_keep_alive()
+        if method == "CONNECT":
+            # Its target is a host and port, no path (this is no proxy); the parser takes what
+            # follows for another protocol (HttpParserUpgrade next): answered, then closed.
+            allow = [(b"Allow", self.server.rest.allow)]
+            response: Response | Awaitable[Response] = error_response(
+                codes.METHOD_NOT_ALLOWED, "CONNECT is not served", allow
+            )
+            keep_alive = False
+        elif parser.should_upgrade():
+            # The parser stops here, any body unread (HttpParserUpgrade next). A GET of the
+            # WebSocket path asking for one is upgraded; any other request is parsed again
+            # without its Upgrade header (then only CONNECT stops the parser), so as a plain one.
+            request = self._request(method)
+            if (
+                request is not None and method == "GET" and request.path == WEBSOCKET_PATH
+                and _asks_websocket(request.headers)
+            ):
+                self._upgrading = request
+            else:
+                self._replay = self._head_without_upgrade(method)
+            return
+        else:
+            request = self._request(method)
+            if request is None:
+                response = error_response(codes.BAD_REQUEST, "the request target is not a valid URL")
+            else:
+                response = self.server.rest.handle(request)
+        head = method == "HEAD"
         if isinstance(response, Response) and not self._waiting:
             self._finish(response, keep_alive, head)
             return
@@ -241,8 +291,13 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _request(self) -> Request:
-        url = httptools.parse_url(self._url)
+    def _request(self, method: str) -> Request | None:
+        """The request just parsed; None if its target is not a URL (httptools' parser takes
+        targets that its URL parser refuses, such as ``http://a:99999999/``)."""
+        try:
+            url = httptools.parse_url(self._url)
+        except httptools.HttpParserInvalidURLError:
+            return None
         path = url.path.decode("latin-1") if url.path else "/"
         query = {}
         if url.query:
@@ -251,7 +306,14 @@ class HttpProtocol(asyncio.Protocol):
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in self._headers}
         peer = self.transport.get_extra_info("peername") if self.transport is not None else None
         client = peer[0] if isinstance(peer, tuple) and peer else ""
-        return Request(self.parser.get_method().decode("ascii"), path, query, headers, b"".join(self._body), client)
+        return Request(method, path, query, headers, b"".join(self._body), client)
+
+    def _head_without_upgrade(self, method: str) -> bytes:
+        """The head of the request just parsed, its Upgrade header left out."""
+        parts = [method.encode(), b" ", self._url, b" HTTP/", self.parser.get_http_version().encode(), b"\r\n"]
+        parts += [b"%s: %s\r\n" % header for header in self._headers if header[0].lower() != b"upgrade"]
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
     def _respond(self, response: Response, close: bool, head: bool = False) -> None:
         transport = self.transport
@@ -300,14 +362,8 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- upgrade ----------------------------------------------------------------------------
 
-    def _upgrade(self, tail: bytes) -> None:
-        request = self._request()
-        if request.path != "/ws":
-            self._respond(self.server.rest.handle(request), close=True)
-            return
-        if request.method != "GET":
-            self._respond(error_response(codes.METHOD_NOT_ALLOWED, "upgrade with GET", [(b"Allow", b"GET")]), close=True)
-            return
+    def _upgrade(self, request: Request, tail: bytes) -> None:
+        """Hand the connection to picows: a GET of /ws asking for a WebSocket (on_message_complete)."""
         if not self.server.accepting:
             self._respond(error_response(codes.SERVICE_UNAVAILABLE), close=True)
             return

@@ -59,6 +59,127 @@ def handshake(key: str | None = "", version: str | None = "13", connection: str 
     return ("\r\n".join(lines) + "\r\n" + extra + "\r\n").encode("latin-1")
 
 
+# --- request targets httptools' parser takes and its URL parser refuses ------------------------
+
+BAD_TARGETS = ["http://", "http://[::1", "http://a:99999999/healthz", "http://a:b@/healthz"]
+
+
+@pytest.mark.parametrize("target", BAD_TARGETS)
+async def test_unparsable_target_is_400_and_the_connection_goes_on(server, connect, quiet_log, target):
+    """A target that is no URL answers 400 bad_request (logged at most at INFO); the connection serves the next request."""
+    connection = await connect(server)
+    response = await connection.request("GET", target)
+    assert response.status == 400, response
+    assert response.reason == "Bad Request"
+    assert response.error_code() == codes.BAD_REQUEST
+    after = await connection.request("GET", "/healthz")
+    assert after.status == 200 and after.json()["status"] == "ok", after
+    await assert_serves_fresh_clients(server)
+
+
+@pytest.mark.parametrize("target", BAD_TARGETS)
+async def test_unparsable_target_is_400_before_authentication(make_server, quiet_log, target):
+    """With tokens required, a target that is no URL is still 400 bad_request, not 401 nor 500."""
+    server = await make_server(jwt_secret=SECRET)
+    for method, headers in (("GET", None), ("POST", {"Content-Type": "application/json"})):
+        response = await fetch(server, method, target, headers, body=b"{}" if method == "POST" else None)
+        assert response.status == 400, (method, response)
+        assert response.error_code() == codes.BAD_REQUEST
+
+
+# --- CONNECT -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["127.0.0.1:22", "example.com:443", "/healthz"])
+async def test_connect_is_405_with_allow(server, connect, quiet_log, target):
+    """CONNECT answers 405 method_not_allowed with an Allow header listing what is served, then closes."""
+    connection = await connect(server)
+    await connection.send(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    response = await connection.response()
+    assert response.status == 405, response
+    assert response.error_code() == codes.METHOD_NOT_ALLOWED
+    assert {m.strip() for m in response.header("Allow").split(",")} == {"GET", "HEAD", "POST", "PUT", "DELETE"}
+    assert await connection.closed_by_server()
+    await assert_serves_fresh_clients(server)
+
+
+# --- upgrade headers where no upgrade is served ---------------------------------------------------
+
+
+async def test_delete_with_upgrade_headers_disconnects_and_answers(server, connect, quiet_log):
+    """DELETE /api/websocket with upgrade headers is a REST request: the tenant is disconnected (4001) and the count answered."""
+    async with await Client.connect(server.ws_url, "gone", "u") as client, await Client.connect(server.ws_url, "kept", "u") as other:
+        connection = await connect(server)
+        response = await connection.request("DELETE", "/api/websocket?tenant_id=gone", UPGRADE_HEADERS)
+        assert response.status == 200, response
+        assert response.json() == {"success": True, "disconnected": 1}
+        assert response.header("Sec-WebSocket-Accept") is None
+        await asyncio.wait_for(client.ws.wait_closed(), TIMEOUT)
+        assert client.ws.close_code == codes.DISCONNECTED_BY_ADMIN
+        assert (await other.request({"type": "ping"}))["type"] == "pong"
+
+
+async def test_requests_with_upgrade_headers_keep_the_connection(server, connect, quiet_log):
+    """Requests with upgrade headers that are not upgraded, pipelined with others, are each answered in order on one connection."""
+    h2c = {"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c", "HTTP2-Settings": "AAMAAABkAARAAAAAAAIAAAAA"}
+    identity = {"X-Tenant-ID": "acme", "X-User-ID": "svc"}
+    connection = await connect(server)
+    await connection.send(
+        build_request("DELETE", "/api/websocket?tenant_id=nobody", UPGRADE_HEADERS)
+        + build_request("POST", "/api/websocket", {**identity, **h2c}, json={"event": "first"})
+        + build_request("GET", "/healthz", UPGRADE_HEADERS)
+        + build_request("POST", "/api/websocket", {**identity, **UPGRADE_HEADERS, "Transfer-Encoding": "chunked"},
+                        b'9\r\n{"event":\r\na\r\n "second"}\r\n0\r\n\r\n', json=None)
+        + build_request("GET", "/readyz")
+    )
+    assert (await connection.response()).json() == {"success": True, "disconnected": 0}
+    first = await connection.response()
+    assert first.status == 200 and first.json()["offset"] >= 0, first
+    assert (await connection.response()).json() == {"success": True, "status": "ok"}
+    second = await connection.response()
+    assert second.status == 200 and second.json()["offset"] == first.json()["offset"] + 1, second
+    last = await connection.response()
+    assert last.json() == {"success": True, "status": "ready"} and last.header("Connection") == "keep-alive", last
+
+
+async def test_publish_with_upgrade_headers_is_delivered(server, quiet_log):
+    """POST /api/websocket with upgrade headers (and a body) publishes as without them."""
+    async with await Client.connect(server.ws_url, "acme", "alice") as alice:
+        headers = {"X-Tenant-ID": "acme", "X-User-ID": "svc", **UPGRADE_HEADERS}
+        response = await fetch(server, "POST", "/api/websocket", headers, json={"event": "upgraded_not"})
+        assert response.status == 200, response
+        assert (await alice.recv())["id"] == response.json()["id"]
+
+
+@pytest.mark.parametrize(
+    ("method", "status"),
+    [("POST", 405), ("PUT", 405), ("DELETE", 405), ("HEAD", 426)],
+)
+async def test_upgrade_on_the_websocket_path_needs_get(server, connect, quiet_log, method, status):
+    """Upgrade headers with another method than GET on /ws: no upgrade, the plain answer (405 Allow: GET, HEAD, or 426); the connection stays."""
+    connection = await connect(server)
+    request, _ = upgrade_request()
+    await connection.send(request.replace(b"GET ", method.encode() + b" ", 1))
+    response = await connection.response(head=method == "HEAD")
+    assert response.status == status, response
+    assert response.header("Sec-WebSocket-Accept") is None
+    if status == 405:
+        assert response.header("Allow") == "GET, HEAD"
+    after = await connection.request("GET", "/healthz")
+    assert after.status == 200, after
+
+
+@pytest.mark.parametrize("protocol", ["h2c", "websocket2", "TLS/1.2"])
+async def test_upgrade_to_another_protocol_is_426(server, connect, quiet_log, protocol):
+    """GET /ws asking to upgrade to anything but websocket is no upgrade: 426 upgrade_required, Upgrade: websocket."""
+    connection = await connect(server)
+    await connection.send(handshake().replace(b"Upgrade: websocket", f"Upgrade: {protocol}".encode()))
+    response = await connection.response()
+    assert response.status == 426, response
+    assert response.error_code() == codes.UPGRADE_REQUIRED
+    assert response.header("Upgrade") == "websocket"
+
+
 # --- status lines --------------------------------------------------------------------------------
 
 
