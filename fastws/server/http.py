@@ -3,9 +3,10 @@
 httptools parses; picows only speaks WebSocket. Only a GET of ``/ws`` that
 asks for a WebSocket is upgraded; any other request with upgrade headers is
 parsed again without them and answered by the REST API like any request. An
-upgrade is checked (tenant and user ids) and, if good, this protocol replaces
-itself on the transport with picows' ``WSProtocol`` and replays the request
-to it, in short, then anything that followed it in the same segment.
+upgrade is checked (the handshake, then tenant and user ids) and, if good,
+this protocol replaces itself on the transport with picows' ``WSProtocol``
+and replays the request to it, in short, then anything that followed it in
+the same segment.
 ``WSProtocol`` is picows-internal: pyproject pins the picows version and
 tests/integration/test_http.py covers the hand-off.
 """
@@ -13,6 +14,7 @@ tests/integration/test_http.py covers the hand-off.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import logging
 from collections import deque
 from http import HTTPStatus
@@ -38,11 +40,9 @@ log = logging.getLogger("fastws.http")
 _STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode() for status in HTTPStatus}
 
 
-#: request headers replayed to picows on an upgrade: the ones it checks (the handshake's, and
-#: those it refuses a request for); it keeps the parsed request for the connection's lifetime
-_UPGRADE_HEADERS = frozenset((
-    b"upgrade", b"connection", b"sec-websocket-key", b"sec-websocket-version", b"transfer-encoding", b"content-length",
-))
+#: request headers replayed as they came to picows on an upgrade: those it refuses a request for
+#: (a body); the handshake's own are replayed in their canonical form (HttpProtocol._raw_request)
+_REFUSED_HEADERS = frozenset((b"transfer-encoding", b"content-length"))
 #: picows refuses a request with more header lines than this
 _PICOWS_MAX_HEADERS = 128
 
@@ -50,6 +50,30 @@ _PICOWS_MAX_HEADERS = 128
 def _asks_websocket(headers: dict[str, str]) -> bool:
     """The Upgrade header names websocket among its protocols (RFC 6455 4.2.1, item 3)."""
     return any(token.strip().lower() == "websocket" for token in headers.get("upgrade", "").split(","))
+
+
+def _websocket_key(headers: list[tuple[bytes, bytes]]) -> bytes | Response:
+    """The request's Sec-WebSocket-Key, or the answer refusing the handshake (RFC 6455 4.2.1-2).
+
+    Version 13 only, else 426 naming it; the key given once, the base64 of 16 bytes, else 400.
+    """
+    versions, keys = [], []
+    for name, value in headers:
+        if len(name) == 21 and name.lower() == b"sec-websocket-version":
+            versions.append(value.strip(b" \t"))
+        elif len(name) == 17 and name.lower() == b"sec-websocket-key":
+            keys.append(value.strip(b" \t"))
+    if versions != [b"13"]:
+        return error_response(
+            codes.UPGRADE_REQUIRED, "WebSocket version 13 only", [(b"Sec-WebSocket-Version", b"13")]
+        )
+    if len(keys) == 1 and len(keys[0]) == 24:
+        try:
+            if len(binascii.a2b_base64(keys[0], strict_mode=True)) == 16:
+                return keys[0]
+        except binascii.Error:
+            pass
+    return error_response(codes.BAD_REQUEST, "Sec-WebSocket-Key must be given once, the base64 of 16 bytes")
 
 
 class _SwitchingProtocols:
@@ -364,6 +388,10 @@ class HttpProtocol(asyncio.Protocol):
 
     def _upgrade(self, request: Request, tail: bytes) -> None:
         """Hand the connection to picows: a GET of /ws asking for a WebSocket (on_message_complete)."""
+        key_or_error = _websocket_key(self._headers)
+        if isinstance(key_or_error, Response):
+            self._respond(key_or_error, close=True)
+            return
         if not self.server.accepting:
             self._respond(error_response(codes.SERVICE_UNAVAILABLE), close=True)
             return
@@ -406,28 +434,33 @@ class HttpProtocol(asyncio.Protocol):
         listener.guard = guard
         transport.set_protocol(guard)
         protocol.connection_made(transport)
-        # The request goes to picows as it came; what followed it (frames) through the guard.
-        _feed(protocol, self._raw_request(request.method), transport)
+        # The request goes to picows in short; what followed it (frames) through the guard.
+        _feed(protocol, self._raw_request(key_or_error), transport)
         if tail:
             _feed(guard, tail, transport)
 
-    def _raw_request(self, method: str) -> bytes:
+    def _raw_request(self, key: bytes) -> bytes:
         """The request for picows: what its handshake checks, not what it would only keep.
 
         picows keeps the request it parsed (target and headers) for the
-        connection's lifetime, so it is given the handshake headers and those
-        it refuses a request for, with a short target: cookies, tokens and the
-        like are not kept per connection. Every other header has been checked
-        by httptools (picows' own checks of a header line are the same); a
-        request with more header lines than picows takes is replayed whole
-        (and refused by picows, as before).
+        connection's lifetime, so it is given a short target and the handshake
+        in its canonical form (fastws has checked it: _websocket_key, and
+        httptools found ``Connection: upgrade`` among the Connection tokens,
+        where picows wants that one value and would refuse the
+        ``keep-alive, Upgrade`` of Firefox), plus the headers it refuses a
+        request for. Cookies, tokens and the like are not kept per connection.
+        Every other header has been checked by httptools (picows' own checks
+        of a header line are the same); a request with more header lines than
+        picows takes is replayed whole (and refused by picows, as before).
         """
         headers = self._headers
-        whole = len(headers) > _PICOWS_MAX_HEADERS
-        parts = [method.encode(), b" ", self._url if whole else b"/ws", b" HTTP/1.1\r\n"]
-        for name, value in headers:
-            if whole or name.lower() in _UPGRADE_HEADERS:
-                parts += (name, b": ", value, b"\r\n")
+        if len(headers) > _PICOWS_MAX_HEADERS:
+            parts = [b"GET ", self._url, b" HTTP/1.1\r\n"]
+            parts += [b"%s: %s\r\n" % header for header in headers]
+        else:
+            parts = [b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
+                     b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ", key, b"\r\n"]
+            parts += [b"%s: %s\r\n" % header for header in headers if header[0].lower() in _REFUSED_HEADERS]
         parts.append(b"\r\n")
         return b"".join(parts)
 

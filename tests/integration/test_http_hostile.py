@@ -180,6 +180,77 @@ async def test_upgrade_to_another_protocol_is_426(server, connect, quiet_log, pr
     assert response.header("Upgrade") == "websocket"
 
 
+# --- the WebSocket handshake (RFC 6455 4.2.1, 4.2.2) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        handshake(version="8"),
+        handshake(version="7"),
+        handshake(version=None),
+        handshake(version="13, 8"),
+        handshake(version="013"),
+        handshake(version="13", extra="Sec-WebSocket-Version: 8\r\n"),
+    ],
+    ids=["8", "7", "missing", "list", "leading-zero", "twice"],
+)
+async def test_other_websocket_version_is_426_naming_13(server, connect, quiet_log, request_bytes):
+    """A Sec-WebSocket-Version other than exactly 13 answers 426 with Sec-WebSocket-Version: 13, no upgrade."""
+    connection = await connect(server)
+    await connection.send(request_bytes)
+    response = await connection.response()
+    assert response.status == 426, response
+    assert response.reason == "Upgrade Required"
+    assert response.error_code() == codes.UPGRADE_REQUIRED
+    assert response.header("Sec-WebSocket-Version") == "13"
+    assert response.header("Sec-WebSocket-Accept") is None
+    assert await connection.closed_by_server()
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        handshake(key=None),
+        handshake(key="abc"),
+        handshake(key=base64.b64encode(b"x" * 15).decode()),
+        handshake(key=base64.b64encode(b"x" * 17).decode()),
+        handshake(key="!" * 22 + "=="),
+        handshake(key=base64.b64encode(b"x" * 16).decode()[:-2] + "A="),
+        handshake(extra="Sec-WebSocket-Key: " + base64.b64encode(os.urandom(16)).decode() + "\r\n"),
+    ],
+    ids=["missing", "short", "15-bytes", "17-bytes", "not-base64", "bad-padding", "twice"],
+)
+async def test_bad_websocket_key_is_400(server, connect, quiet_log, request_bytes):
+    """A missing, repeated or malformed Sec-WebSocket-Key (not the base64 of 16 bytes) answers 400 bad_request, no upgrade."""
+    connection = await connect(server)
+    await connection.send(request_bytes)
+    response = await connection.response()
+    assert response.status == 400, response
+    assert response.error_code() == codes.BAD_REQUEST
+    assert response.header("Sec-WebSocket-Accept") is None
+    assert await connection.closed_by_server()
+
+
+@pytest.mark.parametrize("connection_header", ["keep-alive, Upgrade", "upgrade", "UPGRADE,keep-alive"])
+async def test_upgrade_with_connection_tokens_is_served(server, connect, quiet_log, connection_header):
+    """A handshake whose Connection header lists upgrade among other tokens (as Firefox sends) is upgraded."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    connection = await connect(server)
+    await connection.send(handshake(key=key, connection=connection_header))
+    await expect_switch(connection, key)
+    await expect_welcome(connection)
+
+
+async def test_key_with_surrounding_whitespace_is_upgraded(server, connect, quiet_log):
+    """Whitespace around header values is not part of them (RFC 9110 5.5): the key is still the key."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    connection = await connect(server)
+    await connection.send(handshake(key=None, version=" 13\t", extra=f"Sec-WebSocket-Key: \t{key}  \r\n"))
+    await expect_switch(connection, key)
+    await expect_welcome(connection)
+
+
 # --- status lines --------------------------------------------------------------------------------
 
 
