@@ -134,7 +134,7 @@ ERRORS: Final[dict[str, tuple[int, str]]] = {
     UNSUPPORTED_MEDIA_TYPE: (415, "the body must be application/json"),
     HEADERS_TOO_LARGE: (431, "the request line and headers exceed the size limit"),
     BAD_REQUEST: (400, "the HTTP request could not be parsed"),
-    UPGRADE_REQUIRED: (426, "this path serves WebSocket upgrades only"),
+    UPGRADE_REQUIRED: (426, "this path serves WebSocket upgrades only, of version 13 (Sec-WebSocket-Version: 13)"),
     INTERNAL: (500, "unexpected server error; the details are in the server log"),
     SERVICE_UNAVAILABLE: (503, "the server is shutting down"),
     ROLLED_BACK: (503, "websocket_v2 is off for this tenant: connect to legacy_url"),

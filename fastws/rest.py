@@ -10,6 +10,9 @@ Routes (all JSON)::
     GET    /api/websocket/history         a channel's recent events (?channel=&since=&limit=)
     GET    /healthz                       liveness
     GET    /readyz                        readiness (503 while draining)
+    GET    /ws                            426: the WebSocket upgrade (fastws.server.http) is the only use
+
+HEAD is served wherever GET is, without the body.
 
 Every error is ``{"success":false,"error":{"code","message"}}`` with the
 status :mod:`fastws.codes` gives its code. An unexpected exception is logged
@@ -21,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Iterable, Protocol
 
 import orjson
 
@@ -36,7 +39,7 @@ from .auth import bearer_token
 from .hub import Event, Hub
 from .messages import decode_publish, iso_timestamp
 
-__all__ = ["Request", "Response", "RestAPI", "error_response"]
+__all__ = ["Request", "Response", "RestAPI", "WEBSOCKET_PATH", "error_response"]
 
 log = logging.getLogger("fastws.rest")
 
@@ -65,8 +68,15 @@ class Response:
 
 
 MAX_HISTORY_LIMIT = 1000
-#: answered without a token
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+#: the path of WebSocket upgrades
+WEBSOCKET_PATH = "/ws"
+#: answered without a token (an upgrade on WEBSOCKET_PATH checks its own)
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", WEBSOCKET_PATH})
+
+
+def _allow(methods: Iterable[str]) -> bytes:
+    """An Allow header's value: the methods, and HEAD after GET."""
+    return ", ".join(m for method in methods for m in (("GET", "HEAD") if method == "GET" else (method,))).encode()
 
 
 def _truthy(value: str | None) -> bool:
@@ -151,19 +161,22 @@ class RestAPI:
             "/api/websocket/history": {"GET": self.get_history},
             "/healthz": {"GET": self.get_health},
             "/readyz": {"GET": self.get_ready},
+            # a GET that asks for a WebSocket is upgraded before it gets here (fastws.server.http)
+            WEBSOCKET_PATH: {"GET": self.get_websocket},
         }
+        #: every method some route serves, for the Allow header of a request no route could serve
+        self.allow = _allow({method: None for methods in self._routes.values() for method in methods})
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         """The response, or (for commands that involve other workers) an awaitable of it."""
         methods = self._routes.get(request.path)
         if methods is None:
-            if request.path == "/ws":
-                return error_response(codes.UPGRADE_REQUIRED, "connect with a WebSocket client", [(b"Upgrade", b"websocket")])
             return error_response(codes.NOT_FOUND, f"no route for {request.path[:100]}")
-        handler = methods.get(request.method)
+        # HEAD is GET without the body (the HTTP front leaves it out)
+        handler = methods.get("GET" if request.method == "HEAD" else request.method)
         if handler is None:
-            allow = ", ".join(methods).encode()
-            return error_response(codes.METHOD_NOT_ALLOWED, f"{request.method[:16]} is not allowed here", [(b"Allow", allow)])
+            message = f"{request.method[:16]} is not allowed here"
+            return error_response(codes.METHOD_NOT_ALLOWED, message, [(b"Allow", _allow(methods))])
         try:
             if request.path not in PUBLIC_PATHS and self.hub.authenticator is not None:
                 self._authorize(request)
@@ -402,6 +415,9 @@ class RestAPI:
                 websocket["worker"] = self.control.worker
                 websocket["workers"] = {str(i): row.to_json() for i, row in self.control.rows().items()}
         return _ok({"websocket": websocket})
+
+    def get_websocket(self, request: Request) -> Response:
+        return error_response(codes.UPGRADE_REQUIRED, "connect with a WebSocket client", [(b"Upgrade", b"websocket")])
 
     def get_health(self, request: Request) -> Response:
         return _ok({"status": "ok"})

@@ -1,9 +1,12 @@
 """HTTP/1.1 front protocol: REST requests with keep-alive, WebSocket upgrades handed to picows.
 
-httptools parses; picows only speaks WebSocket. On an upgrade to ``/ws`` the
-request is checked (tenant and user ids) and, if good, this protocol replaces
-itself on the transport with picows' ``WSProtocol`` and replays the request
-bytes, plus anything that followed them in the same segment, into it.
+httptools parses; picows only speaks WebSocket. Only a GET of ``/ws`` that
+asks for a WebSocket is upgraded; any other request with upgrade headers is
+parsed again without them and answered by the REST API like any request. An
+upgrade is checked (the handshake, then tenant and user ids) and, if good,
+this protocol replaces itself on the transport with picows' ``WSProtocol``
+and replays the request to it, in short, then anything that followed it in
+the same segment.
 ``WSProtocol`` is picows-internal: pyproject pins the picows version and
 tests/integration/test_http.py covers the hand-off.
 """
@@ -11,10 +14,11 @@ tests/integration/test_http.py covers the hand-off.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import logging
 from collections import deque
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable
 from urllib.parse import parse_qsl
 
 import httptools
@@ -23,7 +27,7 @@ from picows.picows import WSAutoPingStrategy, WSProtocol  # type: ignore[attr-de
 
 from .. import codes
 from ..core import CloseScanner
-from ..rest import Request, Response, error_response
+from ..rest import WEBSOCKET_PATH, Request, Response, error_response
 
 if TYPE_CHECKING:
     from .app import Server
@@ -32,33 +36,44 @@ __all__ = ["HttpProtocol"]
 
 log = logging.getLogger("fastws.http")
 
-_STATUS_LINES = {
-    status: f"HTTP/1.1 {status} {phrase}\r\n".encode()
-    for status, phrase in {
-        101: "Switching Protocols",
-        200: "OK",
-        400: "Bad Request",
-        403: "Forbidden",
-        404: "Not Found",
-        405: "Method Not Allowed",
-        413: "Content Too Large",
-        415: "Unsupported Media Type",
-        426: "Upgrade Required",
-        429: "Too Many Requests",
-        431: "Request Header Fields Too Large",
-        500: "Internal Server Error",
-        503: "Service Unavailable",
-    }.items()
-}
+#: the status line of every standard status, with its reason phrase
+_STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode() for status in HTTPStatus}
 
 
-#: request headers replayed to picows on an upgrade: the ones it checks (the handshake's, and
-#: those it refuses a request for); it keeps the parsed request for the connection's lifetime
-_UPGRADE_HEADERS = frozenset((
-    b"upgrade", b"connection", b"sec-websocket-key", b"sec-websocket-version", b"transfer-encoding", b"content-length",
-))
+#: request headers replayed as they came to picows on an upgrade: those it refuses a request for
+#: (a body); the handshake's own are replayed in their canonical form (HttpProtocol._raw_request)
+_REFUSED_HEADERS = frozenset((b"transfer-encoding", b"content-length"))
 #: picows refuses a request with more header lines than this
 _PICOWS_MAX_HEADERS = 128
+
+
+def _asks_websocket(headers: dict[str, str]) -> bool:
+    """The Upgrade header names websocket among its protocols (RFC 6455 4.2.1, item 3)."""
+    return any(token.strip().lower() == "websocket" for token in headers.get("upgrade", "").split(","))
+
+
+def _websocket_key(headers: list[tuple[bytes, bytes]]) -> bytes | Response:
+    """The request's Sec-WebSocket-Key, or the answer refusing the handshake (RFC 6455 4.2.1-2).
+
+    Version 13 only, else 426 naming it; the key given once, the base64 of 16 bytes, else 400.
+    """
+    versions, keys = [], []
+    for name, value in headers:
+        if len(name) == 21 and name.lower() == b"sec-websocket-version":
+            versions.append(value.strip(b" \t"))
+        elif len(name) == 17 and name.lower() == b"sec-websocket-key":
+            keys.append(value.strip(b" \t"))
+    if versions != [b"13"]:
+        return error_response(
+            codes.UPGRADE_REQUIRED, "WebSocket version 13 only", [(b"Sec-WebSocket-Version", b"13")]
+        )
+    if len(keys) == 1 and len(keys[0]) == 24:
+        try:
+            if len(binascii.a2b_base64(keys[0], strict_mode=True)) == 16:
+                return keys[0]
+        except binascii.Error:
+            pass
+    return error_response(codes.BAD_REQUEST, "Sec-WebSocket-Key must be given once, the base64 of 16 bytes")
 
 
 class _SwitchingProtocols:
@@ -110,6 +125,7 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "server", "transport", "parser", "_url", "_headers", "_content_length", "_body", "_size",
         "_body_size", "_deadline", "_closing", "_in_head", "_head_bytes", "_completed", "_waiting",
+        "_upgrading", "_replay",
     )
 
     def __init__(self, server: "Server") -> None:
@@ -132,6 +148,10 @@ class HttpProtocol(asyncio.Protocol):
         self._completed = 0
         # responses waiting for an earlier, slower one: [response or None, keep_alive, head]
         self._waiting: deque[list] = deque()
+        #: the request to upgrade on, between on_message_complete and the parser's HttpParserUpgrade
+        self._upgrading: Request | None = None
+        #: a request with upgrade headers that is not upgraded, to parse again without them
+        self._replay: bytes | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -161,8 +181,21 @@ class HttpProtocol(asyncio.Protocol):
             try:
                 self.parser.feed_data(piece)
             except httptools.HttpParserUpgrade as upgrade:
-                self._upgrade(piece[upgrade.args[0]:] + data[offset:])
-                return
+                # What follows the request is not HTTP to this parser (see on_message_complete).
+                tail = piece[upgrade.args[0]:] + data[offset:]
+                request, self._upgrading = self._upgrading, None
+                replay, self._replay = self._replay, None
+                if request is not None:
+                    self._upgrade(request, tail)
+                    return
+                if replay is None:
+                    # a CONNECT: its answer closes the connection, read nothing more
+                    if self.transport is not None and not self._closing:
+                        self.transport.pause_reading()
+                    return
+                self.parser = httptools.HttpRequestParser(self)
+                data, offset = replay + tail, 0
+                continue
             except httptools.HttpParserCallbackError as exc:
                 if not isinstance(exc.__context__, _Abort):
                     log.error("error handling HTTP request", exc_info=exc.__context__)
@@ -227,12 +260,37 @@ class HttpProtocol(asyncio.Protocol):
         self._in_head = True
         self._head_bytes = 0
         self._completed += 1
-        if self.parser.should_upgrade():
-            return  # feed_data raises HttpParserUpgrade next
-        request = self._request()
-        response = self.server.rest.handle(request)
-        keep_alive = self.parser.should_keep_alive()
-        head = request.method == "HEAD"
+        parser = self.parser
+        method = parser.get_method().decode("ascii")
+        keep_alive = parser.should_keep_alive()
+        if method == "CONNECT":
+            # Its target is a host and port, no path (this is no proxy); the parser takes what
+            # follows for another protocol (HttpParserUpgrade next): answered, then closed.
+            allow = [(b"Allow", self.server.rest.allow)]
+            response: Response | Awaitable[Response] = error_response(
+                codes.METHOD_NOT_ALLOWED, "CONNECT is not served", allow
+            )
+            keep_alive = False
+        elif parser.should_upgrade():
+            # The parser stops here, any body unread (HttpParserUpgrade next). A GET of the
+            # WebSocket path asking for one is upgraded; any other request is parsed again
+            # without its Upgrade header (then only CONNECT stops the parser), so as a plain one.
+            request = self._request(method)
+            if (
+                request is not None and method == "GET" and request.path == WEBSOCKET_PATH
+                and _asks_websocket(request.headers)
+            ):
+                self._upgrading = request
+            else:
+                self._replay = self._head_without_upgrade(method)
+            return
+        else:
+            request = self._request(method)
+            if request is None:
+                response = error_response(codes.BAD_REQUEST, "the request target is not a valid URL")
+            else:
+                response = self.server.rest.handle(request)
+        head = method == "HEAD"
         if isinstance(response, Response) and not self._waiting:
             self._finish(response, keep_alive, head)
             return
@@ -257,8 +315,13 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _request(self) -> Request:
-        url = httptools.parse_url(self._url)
+    def _request(self, method: str) -> Request | None:
+        """The request just parsed; None if its target is not a URL (httptools' parser takes
+        targets that its URL parser refuses, such as ``http://a:99999999/``)."""
+        try:
+            url = httptools.parse_url(self._url)
+        except httptools.HttpParserInvalidURLError:
+            return None
         path = url.path.decode("latin-1") if url.path else "/"
         query = {}
         if url.query:
@@ -267,15 +330,21 @@ class HttpProtocol(asyncio.Protocol):
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in self._headers}
         peer = self.transport.get_extra_info("peername") if self.transport is not None else None
         client = peer[0] if isinstance(peer, tuple) and peer else ""
-        return Request(self.parser.get_method().decode("ascii"), path, query, headers, b"".join(self._body), client)
+        return Request(method, path, query, headers, b"".join(self._body), client)
+
+    def _head_without_upgrade(self, method: str) -> bytes:
+        """The head of the request just parsed, its Upgrade header left out."""
+        parts = [method.encode(), b" ", self._url, b" HTTP/", self.parser.get_http_version().encode(), b"\r\n"]
+        parts += [b"%s: %s\r\n" % header for header in self._headers if header[0].lower() != b"upgrade"]
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
     def _respond(self, response: Response, close: bool, head: bool = False) -> None:
         transport = self.transport
         if transport is None or self._closing:
             return
-        status_line = _STATUS_LINES.get(response.status) or f"HTTP/1.1 {response.status} Status\r\n".encode()
         parts = [
-            status_line,
+            _STATUS_LINES[response.status],
             b"Content-Type: ", response.content_type, b"\r\n",
             b"Content-Length: ", str(len(response.body)).encode(), b"\r\n",
         ]
@@ -317,13 +386,11 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- upgrade ----------------------------------------------------------------------------
 
-    def _upgrade(self, tail: bytes) -> None:
-        request = self._request()
-        if request.path != "/ws":
-            self._respond(self.server.rest.handle(request), close=True)
-            return
-        if request.method != "GET":
-            self._respond(error_response(codes.METHOD_NOT_ALLOWED, "upgrade with GET", [(b"Allow", b"GET")]), close=True)
+    def _upgrade(self, request: Request, tail: bytes) -> None:
+        """Hand the connection to picows: a GET of /ws asking for a WebSocket (on_message_complete)."""
+        key_or_error = _websocket_key(self._headers)
+        if isinstance(key_or_error, Response):
+            self._respond(key_or_error, close=True)
             return
         if not self.server.accepting:
             self._respond(error_response(codes.SERVICE_UNAVAILABLE), close=True)
@@ -367,28 +434,33 @@ class HttpProtocol(asyncio.Protocol):
         listener.guard = guard
         transport.set_protocol(guard)
         protocol.connection_made(transport)
-        # The request goes to picows as it came; what followed it (frames) through the guard.
-        _feed(protocol, self._raw_request(request.method), transport)
+        # The request goes to picows in short; what followed it (frames) through the guard.
+        _feed(protocol, self._raw_request(key_or_error), transport)
         if tail:
             _feed(guard, tail, transport)
 
-    def _raw_request(self, method: str) -> bytes:
+    def _raw_request(self, key: bytes) -> bytes:
         """The request for picows: what its handshake checks, not what it would only keep.
 
         picows keeps the request it parsed (target and headers) for the
-        connection's lifetime, so it is given the handshake headers and those
-        it refuses a request for, with a short target: cookies, tokens and the
-        like are not kept per connection. Every other header has been checked
-        by httptools (picows' own checks of a header line are the same); a
-        request with more header lines than picows takes is replayed whole
-        (and refused by picows, as before).
+        connection's lifetime, so it is given a short target and the handshake
+        in its canonical form (fastws has checked it: _websocket_key, and
+        httptools found ``Connection: upgrade`` among the Connection tokens,
+        where picows wants that one value and would refuse the
+        ``keep-alive, Upgrade`` of Firefox), plus the headers it refuses a
+        request for. Cookies, tokens and the like are not kept per connection.
+        Every other header has been checked by httptools (picows' own checks
+        of a header line are the same); a request with more header lines than
+        picows takes is replayed whole (and refused by picows, as before).
         """
         headers = self._headers
-        whole = len(headers) > _PICOWS_MAX_HEADERS
-        parts = [method.encode(), b" ", self._url if whole else b"/ws", b" HTTP/1.1\r\n"]
-        for name, value in headers:
-            if whole or name.lower() in _UPGRADE_HEADERS:
-                parts += (name, b": ", value, b"\r\n")
+        if len(headers) > _PICOWS_MAX_HEADERS:
+            parts = [b"GET ", self._url, b" HTTP/1.1\r\n"]
+            parts += [b"%s: %s\r\n" % header for header in headers]
+        else:
+            parts = [b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
+                     b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ", key, b"\r\n"]
+            parts += [b"%s: %s\r\n" % header for header in headers if header[0].lower() in _REFUSED_HEADERS]
         parts.append(b"\r\n")
         return b"".join(parts)
 

@@ -760,10 +760,10 @@ async def test_unknown_path_is_404_with_a_json_error(server, path):
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
     [
-        ("DELETE", "/api/websocket/status", {"GET"}),
-        ("POST", "/api/websocket/status", {"GET"}),
-        ("PATCH", "/api/websocket", {"GET", "POST", "PUT", "DELETE"}),
-        ("POST", "/healthz", {"GET"}),
+        ("DELETE", "/api/websocket/status", {"GET", "HEAD"}),
+        ("POST", "/api/websocket/status", {"GET", "HEAD"}),
+        ("PATCH", "/api/websocket", {"GET", "HEAD", "POST", "PUT", "DELETE"}),
+        ("POST", "/healthz", {"GET", "HEAD"}),
     ],
 )
 async def test_wrong_method_is_405_with_allow(server, method, path, allow):
@@ -1111,30 +1111,31 @@ async def test_upgrade_on_an_unknown_path_is_404(server, connect):
         response = await connection.response()
         assert response.status == 404, (path, response)
         assert response.error_code() == "not_found"
-        assert await connection.closed_by_server()
+        assert response.header("Connection") == "keep-alive"
     assert (await get_metrics(server))["total_connections"] == 0
 
 
 async def test_upgrade_on_a_rest_path_is_answered_as_rest(server, connect):
-    """An upgrade request to a REST path is not upgraded: the REST response is sent and the connection closed."""
+    """An upgrade request to a REST path is not upgraded: the REST response is sent and the connection serves on."""
     connection = await connect(server)
     request, _ = upgrade_request("/healthz")
     await connection.send(request)
     response = await connection.response()
     assert response.status == 200 and response.json()["status"] == "ok", response
     assert response.header("Sec-WebSocket-Accept") is None
-    assert await connection.closed_by_server()
+    after = await connection.request("GET", "/readyz")
+    assert after.status == 200 and after.json()["status"] == "ready", after
 
 
 async def test_upgrade_with_post_is_405(server, connect):
-    """An upgrade request to /ws with POST answers 405 with Allow: GET."""
+    """An upgrade request to /ws with POST is no upgrade: it answers 405 with Allow: GET, HEAD."""
     connection = await connect(server)
     request, _ = upgrade_request()
     await connection.send(request.replace(b"GET ", b"POST ", 1))
     response = await connection.response()
     assert response.status == 405, response
     assert response.error_code() == "method_not_allowed"
-    assert response.header("Allow") == "GET"
+    assert response.header("Allow") == "GET, HEAD"
 
 
 async def test_upgrade_and_first_frame_in_one_write(server, connect):
