@@ -150,8 +150,11 @@ class Server:
         self.origins = OriginPolicy.from_settings(settings)
         self.hub.limits = settings.limits
         self.rest.settings = settings
-        self.hub.broker.max_events = settings.limits.history_size
-        self.hub.broker.max_bytes = settings.limits.history_bytes
+        broker = self.hub.broker
+        broker.max_events = settings.limits.history_size
+        broker.max_bytes = settings.limits.history_bytes
+        broker.max_total_bytes = settings.limits.history_total_bytes
+        broker.tenants.limit = settings.limits.max_channels_per_tenant
         log.info("settings reloaded")
 
     @property
