@@ -107,6 +107,9 @@ class Broker(Protocol):
         """Raise too_many_channels unless the tenant may start the streams that publishing to
         ``channels`` (distinct names) would start."""
 
+    def __contains__(self, channel: str) -> bool:
+        """True when the channel has a stream."""
+
     def __len__(self) -> int:
         """Events held in history."""
 
@@ -242,6 +245,8 @@ class SharedBroker:
         self._nbytes = 0
         self.tenants = TenantStreams(limits.max_channels_per_tenant)
         self._command_results: list[tuple[int, int]] = []
+        #: the epoch last written, and its 16 ASCII hex digits
+        self._epoch_cached, self._epoch_bytes = 0, b"0" * 16
 
     def __len__(self) -> int:
         first = self.ring.first_offset
@@ -311,16 +316,22 @@ class SharedBroker:
         streams = self._streams
         stream = streams.pop(channel, None)
         if kind == EVENT:
-            if stream is not None and stream[_EPOCH] == epoch and stream[_LAST] == offset - 1:
-                self._nbytes += self._keep(stream, offset, global_offset, size)
-            else:
+            if stream is None or stream[_LAST] != offset - 1 or stream[_EPOCH] != epoch:
                 # a new stream, or one this worker knew otherwise (see 8): it starts at this event
                 if stream is None:
                     self.tenants.add(channel)
                 else:
                     self._nbytes -= stream[_NBYTES]
                 stream = _new_stream(epoch, offset - 1)
-                self._nbytes += self._keep(stream, offset, global_offset, size)
+            stream[_LAST] = offset
+            stream.append(global_offset)
+            stream.append(size)
+            before = stream[_NBYTES]
+            nbytes = before + size
+            if nbytes > self.max_bytes or len(stream) - stream[_HEAD] > 2 * self.max_events:
+                nbytes = self._trim(stream, nbytes)
+            stream[_NBYTES] = nbytes
+            self._nbytes += nbytes - before
         elif stream is None or stream[_EPOCH] != epoch:
             if stream is None:
                 self.tenants.add(channel)
@@ -331,13 +342,8 @@ class SharedBroker:
         if self._nbytes + len(streams) * STREAM_OVERHEAD > self.max_total_bytes:
             self._forget_oldest(keep=channel)
 
-    def _keep(self, stream: array, offset: int, global_offset: int, size: int) -> int:
-        """Add an event's position to a replica, trimming it to the per-channel bounds; the change of its bytes."""
-        stream[_LAST] = offset
-        stream.append(global_offset)
-        stream.append(size)
-        before = stream[_NBYTES]
-        nbytes = before + size
+    def _trim(self, stream: array, nbytes: int) -> int:
+        """Drop a replica's oldest positions until it is within the per-channel bounds; its bytes then."""
         head = stream[_HEAD]
         count = (len(stream) - head) >> 1
         while count > self.max_events or nbytes > self.max_bytes:
@@ -348,8 +354,7 @@ class SharedBroker:
             del stream[_FIELDS:head]
             head = _FIELDS
         stream[_HEAD] = head
-        stream[_NBYTES] = nbytes
-        return nbytes - before
+        return nbytes
 
     def _forget_oldest(self, keep: str) -> None:
         """Forget the least recently published replicas (never ``keep``) down to the low-water mark (7)."""
@@ -380,7 +385,9 @@ class SharedBroker:
         """Append one record (the caller holds the exclusive lock and has caught up); its log offset."""
         ring = self.ring
         channel_bytes = channel.encode()
-        data = _RECORD.pack(kind, self.worker, offset, time.monotonic(), b"%016x" % epoch, len(channel_bytes)) + channel_bytes + body
+        if epoch != self._epoch_cached:  # formatting costs more than the rest of the record: once per run of a stream
+            self._epoch_cached, self._epoch_bytes = epoch, b"%016x" % epoch
+        data = _RECORD.pack(kind, self.worker, offset, time.monotonic(), self._epoch_bytes, len(channel_bytes)) + channel_bytes + body
         global_offset = ring.next_offset
         ring.append(global_offset, data, event_type, source, priority, publisher, target)
         if kind == COMMAND:

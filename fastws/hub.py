@@ -420,11 +420,13 @@ class Hub:
         event is delivered, so a publisher sees its ack first.
         """
         event = self.prepare(tenant_id, user_id, publish)
-        try:
-            self.broker.admit(tenant_id, (event.channel,))
-        except ProtocolError as exc:
-            exc.ref = publish.ref
-            raise
+        broker = self.broker
+        if event.channel not in broker:  # a new stream: within the tenant's cap?
+            try:
+                broker.admit(tenant_id, (event.channel,))
+            except ProtocolError as exc:
+                exc.ref = publish.ref
+                raise
         self.deliver(event, ack_to if publish.ref is not None else None, publish.ref)
         return event.id
 
