@@ -13,7 +13,7 @@ from fastws.server import Server
 from tests.helpers import Client
 from tests.integration.test_workers import Cluster
 
-BUDGET = 16 * MIB
+BUDGET = 32 * MIB
 BATCH = 1000
 BATCHES = 400
 TENANTS = ("m0", "m1", "m2", "m3")
@@ -65,7 +65,7 @@ async def _uss(cluster: Cluster, pids: list[int]) -> list[int]:
 @pytest.mark.timeout(90)
 @pytest.mark.asyncio(loop_factories=["uvloop"])  # the server is another process: one client loop is enough
 async def test_memory_plateaus_at_the_history_budget_with_many_distinct_channels():
-    """400,000 events, each to a new channel, from 4 tenants, to 2 workers with a 16 MiB history
+    """400,000 events, each to a new channel, from 4 tenants, to 2 workers with a 32 MiB history
     budget: each worker's memory grows while the budget fills, then stays (the second half grows much
     less than the first, the whole within 1.5 times the budget); the server keeps serving, and an
     evicted channel's resume says recovered:false."""
