@@ -41,12 +41,37 @@ is at once the sequencer, the history and the bus.
    past them (a writer moves it before overwriting a byte: RingBuffer.read);
    a record overwritten while being copied is left out. A worker that falls
    so far behind that the log has wrapped past it (it was stopped, say)
-   counts the lost records: its clients see a gap in offsets and can recover
-   what history still holds, or are told ``recovered:false``.
+   counts the lost records and forgets its replicas (``_forget_all``): its
+   clients see a gap in offsets and can recover what history still holds,
+   or are told ``recovered:false``.
 6. After appending, the writer wakes the other workers (an eventfd each,
    written once per loop iteration). A worker that starts (or restarts)
    rebuilds its replicas from the whole log before serving, so history and
    recovery work on any worker.
+7. Replicas are bounded like a History: each is counted as the bytes of the
+   records it keeps positions of plus ``STREAM_OVERHEAD`` (fastws.history),
+   and past ``history_total_bytes`` the least recently published are
+   forgotten, down to a sixteenth below it; their next event starts a new
+   stream (new epoch), so a client resuming from the old one is answered
+   ``recovered:false``, never a silent gap. A replica is an ``array('Q')``
+   (``_new_stream``): no object per event and none per stream beyond it.
+8. Every decision about replicas is a function of the records applied, in
+   log order, and nothing else (not of when they are applied: a replica
+   whose records have wrapped out of the log is kept until the bound drops
+   it, and recovery then finds the records gone). So workers that applied
+   the same records keep the same replicas, and the writer's numbering is the
+   one every worker would choose. Where a worker's records differ (it
+   restarted and rebuilt from what the log still holds, or it fell behind
+   and lost records) its replicas may differ, and the log settles it: an
+   EVENT record carries its epoch and offset, and a worker whose replica has
+   another epoch, or does not end just before that offset, replaces it by
+   one that starts at that event. Offsets and epochs stay the writer's, the
+   same on every worker; recovery across the difference answers
+   ``recovered:false``.
+9. ``max_channels_per_tenant`` is checked (``admit()``) against this
+   worker's replicas before publishing; publishes on other workers at the
+   same moment may pass it by what they start meanwhile. Memory stays
+   bounded by 7 whatever the count.
 """
 
 from __future__ import annotations
@@ -58,13 +83,13 @@ import os
 import signal
 import struct
 import time
-from collections import deque
-from typing import Callable, Protocol
+from array import array
+from typing import Callable, Iterable, Protocol
 
 from .config import Limits
 from .control import ControlPlane
 from .core import RingBuffer, frame_event, new_epoch
-from .history import History, Record
+from .history import STREAM_OVERHEAD, History, Record, TenantStreams, low_water
 
 __all__ = ["Broker", "History", "SharedSegment", "SharedBroker"]
 
@@ -87,6 +112,13 @@ class Broker(Protocol):
 
     def read(self, channel: str, since: int, limit: int) -> tuple[str, int, list[Record]]:
         """(epoch, last offset, up to limit records after since)."""
+
+    def admit(self, tenant_id: str, channels: Iterable[str]) -> None:
+        """Raise too_many_channels unless the tenant may start the streams that publishing to
+        ``channels`` (distinct names) would start."""
+
+    def __contains__(self, channel: str) -> bool:
+        """True when the channel has a stream."""
 
     def __len__(self) -> int:
         """Events held in history."""
@@ -224,18 +256,22 @@ def process_state(pid: int) -> str:
 # -- the broker --------------------------------------------------------------------------
 
 
-class _Replica:
-    """This worker's view of one channel's stream, built from the log."""
+# A replica of one stream is one array('Q'): four fields, then a (log offset, size) pair per
+# event it keeps, oldest first, from index HEAD on (the pairs before HEAD were trimmed and are
+# cut off in blocks). Its events' channel offsets are consecutive, ending at LAST.
+_EPOCH, _LAST, _NBYTES, _HEAD = 0, 1, 2, 3
+_FIELDS = 4
+#: trimmed pairs are cut off the front of a replica once there are this many (amortised copy)
+_CUT = 32
 
-    __slots__ = ("epoch", "last", "positions", "nbytes", "last_global")
 
-    def __init__(self, epoch: str, last: int) -> None:
-        self.epoch = epoch
-        self.last = last
-        # (channel offset, log offset, size) of recent events, oldest first
-        self.positions: deque[tuple[int, int, int]] = deque()
-        self.nbytes = 0
-        self.last_global = 0
+def _new_stream(epoch: int, last: int) -> array:
+    """A replica with no event positions: ``epoch`` (the 16 hex characters as an int) and its last offset."""
+    return array("Q", (epoch, last, 0, _FIELDS))
+
+
+def _epoch_text(epoch: int) -> str:
+    return "%016x" % epoch
 
 
 OnEvent = Callable[[str, str, str, int, str, "str | None", bytes, int, float], None]
@@ -258,24 +294,43 @@ class SharedBroker:
         self.worker = worker
         self.max_events = limits.history_size
         self.max_bytes = limits.history_bytes
+        self.max_total_bytes = limits.history_total_bytes
         self.on_event = on_event
         self.on_command = on_command
         self.notify = notify
         self.position_applied = 0
         self.lost = 0
-        self._streams: dict[str, _Replica] = {}
-        #: the log's first offset when replicas were last checked for eviction
-        self._first_seen = 0
+        #: channel -> replica (see _new_stream), least recently published first
+        self._streams: dict[str, array] = {}
+        #: bytes of the records the replicas keep positions of
+        self._nbytes = 0
+        self.tenants = TenantStreams(limits.max_channels_per_tenant)
         self._command_results: list[tuple[int, int]] = []
+        #: the epoch last written, and its 16 ASCII hex digits
+        self._epoch_cached, self._epoch_bytes = 0, b"0" * 16
 
     def __len__(self) -> int:
         first = self.ring.first_offset
-        return sum(sum(1 for p in r.positions if p[1] >= first) for r in self._streams.values())
+        return sum(
+            sum(1 for i in range(stream[_HEAD], len(stream), 2) if stream[i] >= first)
+            for stream in self._streams.values()
+        )
+
+    def __contains__(self, channel: str) -> bool:
+        return channel in self._streams
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes counted against history_total_bytes: kept records, plus STREAM_OVERHEAD a replica."""
+        return self._nbytes + len(self._streams) * STREAM_OVERHEAD
 
     def start(self) -> None:
         """Rebuild the replicas from the whole log, delivering nothing (no one was connected)."""
         self.position_applied = self.ring.first_offset - 1
         self.catch_up(deliver=False)
+
+    def admit(self, tenant_id: str, channels: Iterable[str]) -> None:
+        self.tenants.admit(tenant_id, self._streams, channels)
 
     # -- applying the log ------------------------------------------------------------------
 
@@ -299,6 +354,7 @@ class SharedBroker:
             self.lost += lost
             log.error("worker %d fell %d records behind the shared log; they are lost to it", self.worker, lost)
             self.position_applied = first - 1
+            self._forget_all()
         return records
 
     def _apply(self, record: Record, deliver: bool) -> None:
@@ -307,47 +363,88 @@ class SharedBroker:
         start = _RECORD.size
         channel = data[start:start + channel_length].decode()
         body = data[start + channel_length:]
-        epoch = epoch_bytes.decode()
-        self._track(kind, channel, offset, epoch, global_offset, len(data))
-        if kind == EVENT:
-            if deliver and worker != self.worker:
-                self.on_event(channel, event_type, source, priority, publisher, target, body, offset, published_at)
-        elif kind == COMMAND and deliver:
-            count = self.on_command(body)
-            self._command_results = (self._command_results + [(global_offset, count)])[-8:]
+        if kind == COMMAND:
+            self.position_applied = global_offset
+            if deliver:
+                count = self.on_command(body)
+                self._command_results = (self._command_results + [(global_offset, count)])[-8:]
+            return
+        self._track(kind, channel, offset, int(epoch_bytes, 16), global_offset, len(data))
+        if kind == EVENT and deliver and worker != self.worker:
+            self.on_event(channel, event_type, source, priority, publisher, target, body, offset, published_at)
 
-    def _track(self, kind: int, channel: str, offset: int, epoch: str, global_offset: int, size: int) -> None:
-        """Update this worker's replicas with one record (the same whoever wrote it)."""
+    def _track(self, kind: int, channel: str, offset: int, epoch: int, global_offset: int, size: int) -> None:
+        """Update this worker's replicas with one EVENT or START record (the same whoever wrote it)."""
         self.position_applied = global_offset
-        if kind == EVENT:
-            replica = self._streams.pop(channel, None)
-            if replica is None or replica.epoch != epoch:
-                replica = _Replica(epoch, offset - 1)
-            self._streams[channel] = replica  # most recently published last
-            replica.last = offset
-            replica.last_global = global_offset
-            replica.positions.append((offset, global_offset, size))
-            replica.nbytes += size
-            while len(replica.positions) > self.max_events or replica.nbytes > self.max_bytes:
-                replica.nbytes -= replica.positions.popleft()[2]
-        elif kind == START:
-            if channel not in self._streams or self._streams[channel].epoch != epoch:
-                self._streams.pop(channel, None)
-                replica = self._streams[channel] = _Replica(epoch, offset)
-                replica.last_global = global_offset
-        first = self.ring.first_offset
-        if first != self._first_seen:
-            self._first_seen = first
-            self._forget_evicted(first)
-
-    def _forget_evicted(self, first: int) -> None:
-        """Drop replicas whose every record has left the log: their next event starts a new stream."""
         streams = self._streams
-        while streams:
-            channel = next(iter(streams))
-            if streams[channel].last_global >= first:
-                return
+        stream = streams.pop(channel, None)
+        if kind == EVENT:
+            if stream is None or stream[_LAST] != offset - 1 or stream[_EPOCH] != epoch:
+                # a new stream, or one this worker knew otherwise (see 8): it starts at this event
+                if stream is None:
+                    self.tenants.add(channel)
+                else:
+                    self._nbytes -= stream[_NBYTES]
+                stream = _new_stream(epoch, offset - 1)
+            stream[_LAST] = offset
+            stream.append(global_offset)
+            stream.append(size)
+            before = stream[_NBYTES]
+            nbytes = before + size
+            if nbytes > self.max_bytes or len(stream) - stream[_HEAD] > 2 * self.max_events:
+                nbytes = self._trim(stream, nbytes)
+            stream[_NBYTES] = nbytes
+            self._nbytes += nbytes - before
+        elif stream is None or stream[_EPOCH] != epoch:
+            if stream is None:
+                self.tenants.add(channel)
+            else:
+                self._nbytes -= stream[_NBYTES]
+            stream = _new_stream(epoch, offset)
+        streams[channel] = stream  # most recently published last
+        if self._nbytes + len(streams) * STREAM_OVERHEAD > self.max_total_bytes:
+            self._forget_oldest(keep=channel)
+
+    def _trim(self, stream: array, nbytes: int) -> int:
+        """Drop a replica's oldest positions until it is within the per-channel bounds; its bytes then."""
+        head = stream[_HEAD]
+        count = (len(stream) - head) >> 1
+        while count > self.max_events or nbytes > self.max_bytes:
+            nbytes -= stream[head + 1]
+            head += 2
+            count -= 1
+        if head - _FIELDS >= 2 * _CUT:
+            del stream[_FIELDS:head]
+            head = _FIELDS
+        stream[_HEAD] = head
+        return nbytes
+
+    def _forget_all(self) -> None:
+        """Forget every replica: after losing records, none can be trusted to end where its stream
+        ends, and numbering from a stale one would give an offset twice in one epoch. This worker's
+        next event of a channel starts a new stream (new epoch); what the others publish replaces its
+        replicas (rule 8); clients resuming across the loss are answered ``recovered:false``."""
+        for channel in self._streams:
+            self.tenants.remove(channel)
+        self._streams.clear()
+        self._nbytes = 0
+
+    def _forget_oldest(self, keep: str) -> None:
+        """Forget the least recently published replicas (never ``keep``) down to the low-water mark (7)."""
+        streams = self._streams
+        target = low_water(self.max_total_bytes)
+        nbytes, count = self._nbytes, len(streams)
+        victims = []
+        for channel, stream in streams.items():
+            if nbytes + count * STREAM_OVERHEAD <= target or channel == keep:
+                break
+            victims.append(channel)
+            nbytes -= stream[_NBYTES]
+            count -= 1
+        for channel in victims:
             del streams[channel]
+            self.tenants.remove(channel)
+        self._nbytes = nbytes
 
     @property
     def command_results(self) -> list[tuple[int, int]]:
@@ -355,16 +452,21 @@ class SharedBroker:
 
     # -- appending -------------------------------------------------------------------------
 
-    def _append(self, kind: int, channel: str, offset: int, epoch: str, body: bytes,
+    def _append(self, kind: int, channel: str, offset: int, epoch: int, body: bytes,
                 event_type: str = "", source: str = "", priority: int = 0, publisher: str = "",
                 target: str | None = None) -> int:
         """Append one record (the caller holds the exclusive lock and has caught up); its log offset."""
         ring = self.ring
         channel_bytes = channel.encode()
-        data = _RECORD.pack(kind, self.worker, offset, time.monotonic(), epoch.encode(), len(channel_bytes)) + channel_bytes + body
+        if epoch != self._epoch_cached:  # formatting costs more than the rest of the record: once per run of a stream
+            self._epoch_cached, self._epoch_bytes = epoch, b"%016x" % epoch
+        data = _RECORD.pack(kind, self.worker, offset, time.monotonic(), self._epoch_bytes, len(channel_bytes)) + channel_bytes + body
         global_offset = ring.next_offset
         ring.append(global_offset, data, event_type, source, priority, publisher, target)
-        self._track(kind, channel, offset, epoch, global_offset, len(data))  # its own record: no parsing back
+        if kind == COMMAND:
+            self.position_applied = global_offset
+        else:
+            self._track(kind, channel, offset, epoch, global_offset, len(data))  # its own record: no parsing back
         return global_offset
 
     def _catch_up_locked(self) -> None:
@@ -382,11 +484,11 @@ class SharedBroker:
     ) -> tuple[int, bytes]:
         with self.segment.exclusive():
             self._catch_up_locked()
-            replica = self._streams.get(channel)
-            if replica is None:
-                epoch, last = new_epoch(), 0
+            stream = self._streams.get(channel)
+            if stream is None:
+                epoch, last = int(new_epoch(), 16), 0
             else:
-                epoch, last = replica.epoch, replica.last
+                epoch, last = stream[_EPOCH], stream[_LAST]
             offset = last + 1
             frame = frame_event(payload, offset)
             self._append(EVENT, channel, offset, epoch, frame, event_type, source, priority, publisher, target)
@@ -397,7 +499,7 @@ class SharedBroker:
         """Append a command every worker applies in log order (this one too); its log offset."""
         with self.segment.exclusive():
             self._catch_up_locked()
-            global_offset = self._append(COMMAND, "", 0, "0" * 16, body)
+            global_offset = self._append(COMMAND, "", 0, 0, body)
         count = self.on_command(body)
         self._command_results = (self._command_results + [(global_offset, count)])[-8:]
         self.notify()
@@ -405,25 +507,35 @@ class SharedBroker:
 
     # -- positions and history -------------------------------------------------------------
 
-    def position(self, channel: str) -> tuple[str, int]:
-        replica = self._streams.get(channel)
-        if replica is None:
+    def _stream_to_read(self, channel: str) -> array | None:
+        """The channel's replica, its stream started if needed; None if its tenant may not start another."""
+        stream = self._streams.get(channel)
+        if stream is None and not self.tenants.full(channel):
             with self.segment.exclusive():
                 self._catch_up_locked()
-                replica = self._streams.get(channel)
-                if replica is None:
-                    self._append(START, channel, 0, new_epoch(), b"")
-                    replica = self._streams[channel]
+                stream = self._streams.get(channel)
+                if stream is None:
+                    self._append(START, channel, 0, int(new_epoch(), 16), b"")
+                    stream = self._streams[channel]
             self.notify()
-        return replica.epoch, replica.last
+        return stream
 
-    def _records(self, replica: _Replica, since: int, limit: int) -> list[Record] | None:
+    def position(self, channel: str) -> tuple[str, int]:
+        stream = self._stream_to_read(channel)
+        if stream is None:
+            return new_epoch(), 0  # not kept: a resume from it is refused (fastws.history, invariant 3)
+        return _epoch_text(stream[_EPOCH]), stream[_LAST]
+
+    def _records(self, stream: array, since: int, limit: int) -> list[Record] | None:
         """Up to ``limit`` records after ``since``; None if any of them has left the log."""
-        wanted = [p for p in replica.positions if p[0] > since][:limit]
+        head = stream[_HEAD]
+        first = stream[_LAST] - ((len(stream) - head) >> 1) + 1  # channel offset of the oldest kept
+        skip = max(since + 1 - first, 0)
+        wanted = stream[head + 2 * skip:head + 2 * (skip + max(limit, 0)):2]
         if not wanted:
             return []
         records = []
-        for _, global_offset, _ in wanted:
+        for global_offset in wanted:
             record = self.ring.read(global_offset - 1, 1)
             if not record or record[0][0] != global_offset:
                 return None  # it has left the log
@@ -435,18 +547,22 @@ class SharedBroker:
         return result
 
     def recover(self, channel: str, epoch: str | None, since: int) -> tuple[bool, str, int, list[Record]]:
-        current_epoch, last = self.position(channel)
-        replica = self._streams[channel]
+        stream = self._stream_to_read(channel)
+        if stream is None:
+            return False, new_epoch(), 0, []
+        current_epoch, last = _epoch_text(stream[_EPOCH]), stream[_LAST]
         if epoch != current_epoch or not 0 <= since <= last:
             return False, current_epoch, last, []
-        if since < last and (not replica.positions or replica.positions[0][0] > since + 1):
+        kept = (len(stream) - stream[_HEAD]) >> 1
+        if since < last - kept:
             return False, current_epoch, last, []
-        records = self._records(replica, since, last - since)
+        records = self._records(stream, since, last - since)
         if records is None or len(records) != last - since:
             return False, current_epoch, last, []
         return True, current_epoch, last, records
 
     def read(self, channel: str, since: int, limit: int) -> tuple[str, int, list[Record]]:
-        epoch, last = self.position(channel)
-        records = self._records(self._streams[channel], since, limit) or []
-        return epoch, last, records
+        stream = self._stream_to_read(channel)
+        if stream is None:
+            return new_epoch(), 0, []
+        return _epoch_text(stream[_EPOCH]), stream[_LAST], self._records(stream, since, limit) or []

@@ -109,6 +109,7 @@ FORBIDDEN: Final = "forbidden"
 ORIGIN_NOT_ALLOWED: Final = "origin_not_allowed"
 RATE_LIMITED: Final = "rate_limited"
 TOO_MANY_CONNECTIONS: Final = "too_many_connections"
+TOO_MANY_CHANNELS: Final = "too_many_channels"
 
 ERRORS: Final[dict[str, tuple[int, str]]] = {
     INVALID_JSON: (400, "the message or body is not valid JSON"),
@@ -144,4 +145,5 @@ ERRORS: Final[dict[str, tuple[int, str]]] = {
     ORIGIN_NOT_ALLOWED: (403, "the browser origin is not in the allow-list"),
     RATE_LIMITED: (429, "too many publishes or connections: slow down (REST: see Retry-After)"),
     TOO_MANY_CONNECTIONS: (429, "the tenant or client address has reached its connection limit"),
+    TOO_MANY_CHANNELS: (429, "the tenant has reached its limit of channels with history: publish to existing ones"),
 }

@@ -58,8 +58,13 @@ class Limits:
     history_size: int = 1000
     #: bytes of events kept per channel
     history_bytes: int = 1 * MIB
-    #: bytes of history across all channels; past it the least recently published channels lose theirs
+    #: bytes of history across all channels, each stream counted as its events plus a fixed
+    #: overhead (fastws.history.STREAM_OVERHEAD); past it the least recently published channels
+    #: lose their stream. It also bounds each worker's replicas of the shared log's streams
     history_total_bytes: int = 256 * MIB
+    #: live streams (channels with history) per tenant: publishing to a new channel past it is
+    #: refused (too_many_channels), so one tenant cannot fill the history of all the others
+    max_channels_per_tenant: int = 25_000
     #: tenants without connections whose names and counts are remembered (oldest forgotten first)
     max_idle_tenants: int = 10_000
 
@@ -136,6 +141,7 @@ class Settings:
         "max_connections_per_tenant": "FASTWS_MAX_CONNECTIONS_PER_TENANT",
         "history_bytes": "FASTWS_HISTORY_BYTES",
         "history_total_bytes": "FASTWS_HISTORY_TOTAL_BYTES",
+        "max_channels_per_tenant": "FASTWS_MAX_CHANNELS_PER_TENANT",
     }
 
     @classmethod

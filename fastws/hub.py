@@ -419,14 +419,27 @@ class Hub:
         )
 
     def publish(self, tenant_id: str, user_id: str, publish: Publish, ack_to: Session | None = None) -> str:
-        """Prepare and deliver one event; returns its id.
+        """Prepare, admit (a new channel counts against max_channels_per_tenant) and deliver one event;
+        returns its id.
 
         With ``ack_to`` and a ref, the ack is queued to that session before the
         event is delivered, so a publisher sees its ack first.
         """
         event = self.prepare(tenant_id, user_id, publish)
+        broker = self.broker
+        if event.channel not in broker:  # a new stream: within the tenant's cap?
+            try:
+                broker.admit(tenant_id, (event.channel,))
+            except ProtocolError as exc:
+                exc.ref = publish.ref
+                raise
         self.deliver(event, ack_to if publish.ref is not None else None, publish.ref)
         return event.id
+
+    def admit(self, tenant_id: str, events: list[Event]) -> None:
+        """Refuse (too_many_channels) prepared events of a tenant that would start more streams than
+        it may have; nothing is published either way, so a batch is refused whole."""
+        self.broker.admit(tenant_id, {event.channel for event in events})
 
     def deliver(self, event: Event, ack_to: Session | None = None, ref: Any = None) -> int:
         """Number a prepared event, keep it in its channel's history, and hand its frame

@@ -357,10 +357,12 @@ class RestAPI:
                 raise ProtocolError(codes.INVALID_FIELD, "the batch is empty")
             # Prepare (check and encode) every item before delivering any.
             events = [self._prepare(tenant_id, user_id, item, index) for index, item in enumerate(body)]
+            hub.admit(tenant_id, events)
             hub.take_tenant_publishes(tenant_id, len(events))
             offsets = [hub.deliver(event) for event in events]
             return _ok({"ids": [event.id for event in events], "offsets": offsets})
         event = self._prepare(tenant_id, user_id, body, None)
+        hub.admit(tenant_id, [event])
         hub.take_tenant_publishes(tenant_id, 1)
         return _ok({"id": event.id, "offset": hub.deliver(event)})
 

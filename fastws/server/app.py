@@ -156,8 +156,11 @@ class Server:
         self.hub.limits = settings.limits
         self.budget.limit = settings.limits.max_send_buffer_total // self.workers
         self.rest.settings = settings
-        self.hub.broker.max_events = settings.limits.history_size
-        self.hub.broker.max_bytes = settings.limits.history_bytes
+        broker = self.hub.broker
+        broker.max_events = settings.limits.history_size
+        broker.max_bytes = settings.limits.history_bytes
+        broker.max_total_bytes = settings.limits.history_total_bytes
+        broker.tenants.limit = settings.limits.max_channels_per_tenant
         log.info("settings reloaded")
 
     @property

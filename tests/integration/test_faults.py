@@ -13,13 +13,21 @@ from tests.integration.test_workers import Cluster, cluster, until  # noqa: F401
 STOP = 0.4
 
 
+def sides(groups: dict[int, list]) -> tuple[int, int]:
+    """(a, b): the worker with the most connections (at least 2 of them, for a publisher and a
+    watcher), and another."""
+    a = max(groups, key=lambda worker: len(groups[worker]))
+    assert len(groups[a]) >= 2
+    return a, next(worker for worker in groups if worker != a)
+
+
 async def test_a_stopped_worker_delays_no_other_worker(cluster):
     """Worker B is stopped (SIGSTOP) at random moments while its clients are reading and worker A
     publishes without pause: A's publishes go on being acked during every stop, A's subscribers get
     everything, and B, once continued, delivers every event to its own clients in order."""
     groups = await cluster.spread("stop", count=30)
     _, body = await cluster.http("GET", "/api/websocket/status?detailed=true")
-    a, b = sorted(groups)[:2]
+    a, b = sides(groups)
     b_pid = body["websocket"]["workers"][str(b)]["pid"]
     publisher, a_watcher, b_watcher = groups[a][0], groups[a][-1], groups[b][-1]
     sent: list[str] = []
@@ -137,7 +145,7 @@ async def test_kill_9_under_load_loses_nothing_and_the_killed_workers_clients_re
     from fastws import Client as ResilientClient
 
     groups = await cluster.spread("k9load", count=8)
-    a = sorted(groups)[0]
+    a, _ = sides(groups)
     publisher, watcher = groups[a][0], groups[a][-1]
     for client in groups[a][1:]:
         for channel in ("one", "two"):
@@ -197,7 +205,9 @@ async def test_kill_9_under_load_loses_nothing_and_the_killed_workers_clients_re
             got[event["channel"]].append(event["id"])
         assert got == sent and not client.recovery_failures
         await client.disconnect()
-    watched = [e for e in await watcher.drain() if e.get("eventType") == "e"]
+    drained = await watcher.drain()
+    watched = [e for e in drained if e.get("eventType") == "e"]
+    assert watched, drained[:3]
     for channel, ids in sent.items():
         assert [e["id"] for e in watched if e["channel"] == channel] == ids
     assert replaced_after < 2.0, replaced_after

@@ -6,6 +6,8 @@ import pytest
 
 from fastws.broker import SharedBroker, SharedSegment
 from fastws.config import Limits
+from fastws.exceptions import ProtocolError
+from fastws.history import STREAM_OVERHEAD
 
 
 class Worker:
@@ -91,7 +93,8 @@ def test_recovery_on_another_worker_and_after_restart(path, limits):
 
 
 def test_per_channel_bound_and_wrapped_log(path, limits):
-    """Past history_size a channel's oldest events are not recoverable; a log that wraps past a stream ends it."""
+    """Past history_size a channel's oldest events are not recoverable; once the log has wrapped past a
+    stream's events, recovery says so (the replica stays: forgetting it is the total bound's decision)."""
     a = Worker(path, 0, limits)
     epoch, _ = a.broker.position("c:t")
     for n in range(60):
@@ -100,8 +103,9 @@ def test_per_channel_bound_and_wrapped_log(path, limits):
     assert a.broker.recover("c:t", epoch, 10)[0] is True
     for n in range(2000):
         a.publish("other:t", n)
-    recovered, new_epoch, last, _ = a.broker.recover("c:t", epoch, 59)
-    assert recovered is False and new_epoch != epoch and last == 0
+    assert a.broker.recover("c:t", epoch, 59)[:3] == (False, epoch, 60)
+    assert a.broker.recover("c:t", epoch, 60)[:3] == (True, epoch, 60)  # nothing missed
+    assert a.publish("c:t", 60)[0] == 61
 
 
 def test_commands_are_applied_everywhere_once(path, limits):
@@ -124,3 +128,68 @@ def test_a_lagging_worker_counts_what_it_lost(path, limits):
     b.delivered.clear()
     b.broker.catch_up()
     assert len(b.delivered) == 1
+
+
+def test_replicas_are_bounded_and_the_same_on_every_worker(path, limits):
+    """Past history_total_bytes (records kept plus STREAM_OVERHEAD each), the least recently published
+    replicas are forgotten, by the same decisions on every worker; a forgotten channel's next event
+    starts a new stream, so resuming from the old one is refused."""
+    a, b = Worker(path, 0, limits), Worker(path, 1, limits)
+    epoch, _ = a.broker.position("old:t")
+    a.publish("old:t", 0)
+    for n in range(2000):
+        (a if n % 3 else b).publish(f"c{n}:t{n % 4}", n)
+    a.broker.catch_up()
+    b.broker.catch_up()
+    assert list(a.broker._streams) == list(b.broker._streams)
+    assert a.broker.nbytes == b.broker.nbytes <= limits.history_total_bytes
+    assert len(a.broker._streams) <= limits.history_total_bytes // STREAM_OVERHEAD
+    assert "c1999:t3" in a.broker and "old:t" not in a.broker
+    assert sum(a.broker.tenants.counts.values()) == len(a.broker._streams)
+    assert b.publish("old:t", 1)[0] == 1  # a new stream
+    a.broker.catch_up()
+    recovered, new_epoch, last, _ = a.broker.recover("old:t", epoch, 1)
+    assert recovered is False and new_epoch != epoch and last == 1
+
+
+def test_a_rebuilt_worker_keeps_offsets_consistent(path, limits):
+    """A worker rebuilt from the log lacks a replica the others keep (its records wrapped out of the log
+    before it started): when it publishes there, every worker takes the writer's new epoch and offset,
+    and a resume from the old stream is refused, never answered with a gap."""
+    a = Worker(path, 0, limits)
+    epoch, _ = a.broker.position("quiet:t")
+    a.publish("quiet:t", 0)
+    for n in range(3000):
+        a.publish("hot:t", n)  # wraps the log past quiet:t's records; the replica stays within the bound
+    assert "quiet:t" in a.broker
+    rebuilt = Worker(path, 1, limits)
+    assert "quiet:t" not in rebuilt.broker
+    offset, _ = rebuilt.publish("quiet:t", 1)
+    a.broker.catch_up()
+    assert a.broker.position("quiet:t") == rebuilt.broker.position("quiet:t") != (epoch, 1)
+    assert a.broker.position("quiet:t")[1] == offset
+    assert a.publish("quiet:t", 2)[0] == offset + 1
+    rebuilt.broker.catch_up()
+    assert rebuilt.broker.position("quiet:t") == a.broker.position("quiet:t")
+    assert a.broker.recover("quiet:t", epoch, 1)[0] is False
+
+
+def test_tenant_channel_cap_on_the_shared_log(path):
+    """admit() refuses a tenant's new channels past max_channels_per_tenant, counted from the log on every
+    worker; a read at the cap starts no stream."""
+    limits = Limits(history_total_bytes=64 * 1024, max_channels_per_tenant=2)
+    a, b = Worker(path, 0, limits), Worker(path, 1, limits)
+    a.broker.admit("t", {"x:t", "y:t"})
+    a.publish("x:t", 0)
+    a.publish("y:t", 0)
+    b.broker.catch_up()
+    for broker in (a.broker, b.broker):
+        with pytest.raises(ProtocolError) as refused:
+            broker.admit("t", {"x:t", "z:t"})
+        assert refused.value.code == "too_many_channels"
+        broker.admit("t", {"x:t", "y:t"})
+        broker.admit("u", {"z:u"})
+        assert broker.position("z:t")[1] == 0 and "z:t" not in broker
+        assert broker.recover("z:t", None, 0)[0] is False and broker.read("z:t", 0, 5)[2] == []
+    a.broker.catch_up()
+    assert "z:t" not in a.broker and a.broker.tenants.counts == {"t": 2}

@@ -6,7 +6,9 @@ import orjson
 import pytest
 
 from fastws.config import Limits
-from fastws.history import History, payload_of
+from fastws.core import RingBuffer
+from fastws.exceptions import ProtocolError
+from fastws.history import STREAM_OVERHEAD, History, payload_of
 from fastws.hub import Hub
 from fastws.messages import Filters
 from tests.unit.test_hub import ListSink, send, unframe
@@ -180,3 +182,46 @@ def test_history_frames_are_the_delivered_frames(hub):
     assert records[0][6] == delivered
     assert orjson.loads(payload_of(records[0][6]))["data"] == {"k": 1}
     assert unframe(delivered)["offset"] == 1
+
+
+def test_stream_overhead_bounds_many_tiny_streams():
+    """Streams of one small event each are counted with STREAM_OVERHEAD: past the total bound the oldest
+    go, the count of streams stays under total / (ring + overhead), and a dropped one resumes as lost."""
+    limits = Limits(history_total_bytes=256 * 1024)
+    history = History(limits)
+    epoch, _ = history.position("first:t")
+    add(history, "first:t", 1)
+    for n in range(5000):
+        add(history, f"c{n}:t{n % 3}", 1)
+    assert history.nbytes <= limits.history_total_bytes
+    smallest = len(RingBuffer.create(1024, 8).buffer) + STREAM_OVERHEAD
+    assert len(list(history.channels())) <= limits.history_total_bytes // smallest
+    assert "c4999:t1" in history and "first:t" not in history
+    recovered, new_epoch, last, _ = history.recover("first:t", epoch, 1)
+    assert recovered is False and new_epoch != epoch and last == 0
+    assert sum(history.tenants.counts.values()) == len(list(history.channels()))
+
+
+def test_tenant_channel_cap():
+    """A tenant may start max_channels_per_tenant streams by publishing; a batch is admitted whole or not
+    at all; reads at the cap keep nothing; other tenants are not affected; dropped streams free the count."""
+    history = History(Limits(max_channels_per_tenant=3))
+    history.admit("t", ["a:t", "b:t", "c:t"])
+    for channel in ("a:t", "b:t"):
+        add(history, channel, 1)
+    with pytest.raises(ProtocolError) as refused:
+        history.admit("t", ["a:t", "c:t", "d:t"])
+    assert refused.value.code == "too_many_channels"
+    history.admit("t", ["a:t", "c:t"])
+    add(history, "c:t", 1)
+    with pytest.raises(ProtocolError):
+        history.admit("t", ["d:t"])
+    history.admit("t", ["a:t"])  # existing channels go on
+    history.admit("u", ["d:u"])  # another tenant
+    assert history.position("d:t")[1] == 0 and "d:t" not in history  # not kept
+    assert history.recover("d:t", None, 0)[0] is False and "d:t" not in history
+    assert history.read("d:t", 0, 10)[2] == [] and "d:t" not in history
+    history.max_total_bytes = 1  # every stream but the newest must go (when the next one starts)
+    add(history, "e:u", 1)
+    assert list(history.channels()) == ["e:u"] and history.tenants.counts == {"u": 1}
+    history.admit("t", ["b:t", "d:t"])
