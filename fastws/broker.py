@@ -41,9 +41,10 @@ is at once the sequencer, the history and the bus.
    past them (a writer moves it before overwriting a byte: RingBuffer.read);
    a record overwritten while being copied is left out. A worker that falls
    so far behind that the log has wrapped past it (it was stopped, say)
-   counts the lost records and forgets its replicas (``_forget_all``): its
-   clients see a gap in offsets and can recover what history still holds,
-   or are told ``recovered:false``.
+   counts the lost records, forgets its replicas (``_forget_all``) and
+   closes its clients with 4009: they reconnect (to any worker) and recover
+   from their last (offset, epoch) what history still holds, or are told
+   ``recovered:false``. Nothing is lost silently; no other worker waits.
 6. After appending, the writer wakes the other workers (an eventfd each,
    written once per loop iteration). A worker that starts (or restarts)
    rebuilds its replicas from the whole log before serving, so history and
@@ -288,6 +289,7 @@ class SharedBroker:
         on_event: OnEvent,
         on_command: Callable[[bytes], int],
         notify: Callable[[], None],
+        on_lost: Callable[[int], None] | None = None,
     ) -> None:
         self.segment = segment
         self.ring = segment.ring
@@ -298,6 +300,8 @@ class SharedBroker:
         self.on_event = on_event
         self.on_command = on_command
         self.notify = notify
+        #: called with the count when this worker finds it lost records (it may hold the writers' lock)
+        self.on_lost = on_lost
         self.position_applied = 0
         self.lost = 0
         #: channel -> replica (see _new_stream), least recently published first
@@ -355,6 +359,8 @@ class SharedBroker:
             log.error("worker %d fell %d records behind the shared log; they are lost to it", self.worker, lost)
             self.position_applied = first - 1
             self._forget_all()
+            if self.on_lost is not None:
+                self.on_lost(lost)
         return records
 
     def _apply(self, record: Record, deliver: bool) -> None:

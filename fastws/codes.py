@@ -38,6 +38,7 @@ MESSAGE_TOO_BIG: Final = 1009
 INTERNAL_ERROR: Final = 1011
 TRY_AGAIN_LATER: Final = 1013
 SLOW_CONSUMER: Final = 4008
+LOST_PLACE: Final = 4009
 DISCONNECTED_BY_ADMIN: Final = 4001
 ROLLED_BACK_CLOSE: Final = 4002
 RATE_LIMITED_CLOSE: Final = 4029
@@ -56,6 +57,7 @@ CLOSE_CODES: Final[dict[int, str]] = {
     DISCONNECTED_BY_ADMIN: "disconnected by an administrator",
     ROLLED_BACK_CLOSE: "websocket_v2 was turned off for the tenant: reconnect to the legacy URL (in the reason)",
     SLOW_CONSUMER: "the connection could not keep up with its events",
+    LOST_PLACE: "the worker lost its place in the shared log (it was stopped or too slow): reconnect and recover",
     RATE_LIMITED_CLOSE: "sustained publishing over the rate limit",
     TOKEN_EXPIRED_CLOSE: "the connection's token expired and was not refreshed",
 }

@@ -87,7 +87,7 @@ class WorkerControl:
         if self.segment is not None:
             self.broker = SharedBroker(
                 self.segment, self.worker, self.server.settings.limits,
-                self._on_remote_event, self._on_command, self._schedule_notify,
+                self._on_remote_event, self._on_command, self._schedule_notify, self._on_lost,
             )
             self.broker.start()
             hub.broker = self.broker
@@ -138,6 +138,17 @@ class WorkerControl:
         except BlockingIOError:
             pass
         self.broker.catch_up()  # type: ignore[union-attr]
+
+    def _on_lost(self, count: int) -> None:
+        """This worker lost records of the shared log: its clients may have missed events of any
+        channel. From now on they are sent nothing (not the events after the gap, which would move
+        their position past it) and are closed with 4009 in the next loop iteration (this may run
+        under the writers' lock), so they reconnect and recover from their last position, or learn
+        that they cannot."""
+        log.warning("closing %d connections with 4009 after losing %d records of the shared log",
+                    len(self.server.connections), count)
+        for connection in list(self.server.connections):
+            connection.abandon(codes.LOST_PLACE, "lost place in the shared log: reconnect and recover")
 
     def _schedule_notify(self) -> None:
         if not self._notify_scheduled and self._loop is not None:

@@ -428,6 +428,23 @@ class Connection(WSListener):
             # frame behind it) gets drain_timeout to go out, then the socket is dropped.
             asyncio.get_running_loop().call_later(self.server.settings.drain_timeout, self._abort, transport)
 
+    def abandon(self, close_code: int, reason: str) -> None:
+        """Send nothing more from now on (what is queued is dropped) and close in the next loop
+        iteration: for a worker that lost its place in the shared log (WorkerControl._on_lost),
+        so that no event after the gap reaches the client before it reconnects and recovers."""
+        transport = self.transport
+        if self._closing or transport is None:
+            return
+        self._closing = True
+        self._pending = None
+        self._drop_backlog()
+        asyncio.get_running_loop().call_soon(self._send_close, transport, close_code, reason)
+
+    def _send_close(self, transport: WSTransport, close_code: int, reason: str) -> None:
+        if self.transport is transport:
+            transport.send_close(WSCloseCode(close_code), codes.close_reason(reason))
+            transport.disconnect(graceful=True)
+
     def _abort(self, transport: WSTransport) -> None:
         """Drop the socket of a connection closed with 4008 whose peer did not read its close in time."""
         if self.transport is transport:  # not yet gone (on_ws_disconnected clears it)

@@ -280,3 +280,60 @@ async def test_reconnect_storm_after_a_worker_dies(cluster):
     for group in groups.values():
         for each in group:
             await each.close()
+
+
+async def test_a_worker_that_lost_its_place_in_the_log_closes_with_4009_and_clients_recover():
+    """Worker B is stopped while the shared log (1 MiB here) wraps past it. Once continued, it finds
+    the loss and closes its clients with 4009; a fastws.Client reconnects and is either given what it
+    missed or told it cannot be (recovery_failures): never a silent gap. Worker A is not affected."""
+    from fastws import Client as ResilientClient
+
+    running = await Cluster.start(2, env={"FASTWS_HISTORY_TOTAL_BYTES": str(1024 * 1024)})
+    try:
+        groups = await running.spread("lost", count=8)
+        a, b = sides(groups)
+        publisher, a_watcher = groups[a][0], groups[a][-1]
+        raw = groups[b][0]
+        resilient = None
+        for i in range(50):
+            client = ResilientClient(running.url, "lost", f"r{i}", reconnect_interval=0.05)
+            await client.connect()
+            if client.welcome["data"]["worker"] == b:
+                resilient = client
+                break
+            await client.disconnect()
+        assert resilient is not None
+        _, body = await running.http("GET", "/api/websocket/status?detailed=true")
+        b_pid = body["websocket"]["workers"][str(b)]["pid"]
+        first = (await publisher.publish("e", {"n": -1}))["id"]
+        assert (await asyncio.wait_for(resilient.__anext__(), 10))["id"] == first
+        os.kill(b_pid, signal.SIGSTOP)
+        try:
+            sent = [(await publisher.publish("e", {"n": n, "blob": "x" * 2000}))["id"] for n in range(1500)]
+        finally:
+            os.kill(b_pid, signal.SIGCONT)
+        sent.append((await publisher.publish("e", {"n": 1500}))["id"])  # wakes B: it finds the loss
+        await asyncio.wait_for(raw.ws.wait_closed(), 20)
+        assert raw.ws.close_code == 4009
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while not (resilient.is_connected and resilient.reconnect_attempts == 0) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        assert resilient.is_connected
+        got = []
+        last = (await publisher.publish("e", {"n": 1501}))["id"]
+        while not got or got[-1] != last:
+            got.append((await asyncio.wait_for(resilient.__anext__(), 20))["id"])
+        if resilient.recovery_failures:  # told: history no longer held all it missed
+            assert resilient.recovery_failures == ["tenant:lost"]
+        else:  # or given everything, once, in order
+            assert got == sent + [last]
+        assert [e["id"] for e in await a_watcher.drain() if e.get("eventType") == "e"] == [first, *sent, last]
+        assert "with 4009 after losing" in running.text()
+        await resilient.disconnect()
+        for clients in groups.values():
+            for client in clients:
+                if client is not raw:
+                    await client.close()
+    finally:
+        await running.stop()
