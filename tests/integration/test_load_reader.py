@@ -79,6 +79,18 @@ async def test_every_event_counted_once_wherever_two_reads_cut_the_frames():
         assert len(stats.latencies) == 6 and all(0 <= latency < 60 for latency in stats.latencies)
 
 
+async def test_a_payload_padded_after_the_stamp_is_counted():
+    """benchmarks.slow pads its events with a blob after "t": they count like any other."""
+    stats = Stats()
+    subscriber = Subscriber(stats)
+    opened(subscriber)
+    padded = [frame_text(b'{"id":"x","eventType":"tick","data":{"n":%d,"t":%.6f,"blob":"xxxx"},"tenantId":"t1"}'
+                         % (n, time.perf_counter())) for n in range(3)]
+    subscriber.data_received(b"".join(padded))
+    stats.tally([subscriber])
+    assert (stats.delivered, stats.lost, stats.duplicated, stats.misrouted) == (3, 0, 0, 0)
+
+
 async def test_gaps_and_repeats_counted_as_lost_and_duplicated():
     stats = Stats()
     subscriber = Subscriber(stats)
