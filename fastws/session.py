@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
 from . import codes
 from .core import frame_text
@@ -39,12 +39,30 @@ from .messages import (
     encode_pong,
 )
 
-if TYPE_CHECKING:
-    from .hub import Hub
-
-__all__ = ["Sink", "Session", "connection_id_bytes"]
+__all__ = ["Host", "Sink", "Session", "connection_id_bytes"]
 
 log = logging.getLogger("fastws.session")
+
+class Host(Protocol):
+    """What a Session asks of the hub it belongs to (fastws.hub.Hub), so that this module
+    needs nothing from that one."""
+
+    metrics: Any
+    debug: bool
+
+    def check_publish(self, session: "Session", ref: Any = None) -> None: ...
+
+    def publish(self, tenant_id: str, user_id: str, publish: Publish, ack_to: "Session | None" = None) -> str: ...
+
+    def subscribe(self, session: "Session", channel: object, event_types: frozenset[str] | None, ref: Any = None,
+                  since: int | None = None, epoch: str | None = None) -> None: ...
+
+    def unsubscribe(self, session: "Session", channel: object, ref: Any = None) -> str: ...
+
+    def set_filters(self, session: "Session", filters: Filters) -> None: ...
+
+    def refresh(self, session: "Session", token: str, ref: Any = None) -> str | None: ...
+
 
 #: no filters (Filters is immutable: one object for every session without any)
 _NO_FILTERS = Filters()
@@ -82,7 +100,7 @@ class Session:
 
     def __init__(
         self,
-        hub: "Hub",
+        hub: Host,
         sink: Sink,
         number: int,
         connection_id: str,

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, ContextManager
+from typing import TYPE_CHECKING, Any, ContextManager, Protocol
 
 import orjson
 
@@ -27,11 +27,25 @@ from ..limits import TokenBucket
 from ..rest import Response, error_response
 
 if TYPE_CHECKING:
-    from .app import Server
+    from ..config import Settings
+    from ..hub import Hub
 
-__all__ = ["WorkerControl", "POLL_INTERVAL"]
+__all__ = ["ControlHost", "WorkerControl", "POLL_INTERVAL"]
 
 log = logging.getLogger("fastws.control")
+
+
+class ControlHost(Protocol):
+    """What the control plane asks of the worker it serves (fastws.server.app.Server), so that
+    this module needs nothing from that one."""
+
+    settings: "Settings"
+    hub: "Hub"
+    connections: set[Any]  # fastws.server.websocket.Connection: abandon()
+
+    def disconnect_matching(self, tenant_id: str, user_id: str | None = None, connection_id: str | None = None) -> int: ...
+
+    def close_rolled_back(self, previous: Flags) -> None: ...
 
 #: seconds between flag polls (and counter publications)
 POLL_INTERVAL = 0.05
@@ -46,7 +60,7 @@ _METRIC_FIELDS = (
 class WorkerControl:
     def __init__(
         self,
-        server: "Server",
+        server: "ControlHost",
         segment: SharedSegment | None = None,
         worker: int = 0,
         wake_fds: list[int] | None = None,

@@ -18,7 +18,7 @@ import binascii
 import logging
 from collections import deque
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Awaitable
+from typing import TYPE_CHECKING, Any, Awaitable, Protocol
 from urllib.parse import parse_qsl
 
 import httptools
@@ -30,11 +30,28 @@ from ..core import CloseScanner
 from ..rest import WEBSOCKET_PATH, Request, Response, error_response
 
 if TYPE_CHECKING:
-    from .app import Server
+    from ..config import Settings
+    from ..rest import RestAPI
 
-__all__ = ["HttpProtocol"]
+__all__ = ["FrontHost", "HttpProtocol"]
 
 log = logging.getLogger("fastws.http")
+
+
+class FrontHost(Protocol):
+    """What the HTTP front asks of the worker serving it (fastws.server.app.Server), so that
+    this module needs nothing from that one."""
+
+    settings: "Settings"
+    rest: "RestAPI"
+    accepting: bool
+    http_connections: set["HttpProtocol"]
+    picows_logger: Any
+
+    def accept_websocket(self, request: Request) -> Any:
+        """A listener for picows (fastws.server.websocket.Connection), or an error Response."""
+
+    def loop_time(self) -> float: ...
 
 #: the status line of every standard status, with its reason phrase
 _STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode() for status in HTTPStatus}
@@ -128,7 +145,7 @@ class HttpProtocol(asyncio.Protocol):
         "_upgrading", "_replay",
     )
 
-    def __init__(self, server: "Server") -> None:
+    def __init__(self, server: "FrontHost") -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -26,11 +26,12 @@ from ..exceptions import ConnectionClosedError
 from ..messages import Filters
 
 if TYPE_CHECKING:
+    from ..backlog import Budget
+    from ..config import Settings
+    from ..hub import Hub
     from ..session import Session
-    from .http import CloseGuard
-    from .app import Server
 
-__all__ = ["Connection", "valid_close_code"]
+__all__ = ["Connection", "ConnectionHost", "valid_close_code"]
 
 log = logging.getLogger("fastws.websocket")
 
@@ -40,6 +41,31 @@ _BINARY = WSMsgType.BINARY
 _CLOSE = WSMsgType.CLOSE
 _PING = WSMsgType.PING
 _PONG = WSMsgType.PONG
+
+
+class ConnectionHost(Protocol):
+    """What a Connection asks of the worker serving it (fastws.server.app.Server), so that
+    this module needs nothing from that one."""
+
+    settings: "Settings"
+    hub: "Hub"
+    control: Any  # fastws.server.control.WorkerControl: connection_opened, connection_closed
+    echo: bool
+    debug: bool
+    picows_logger: Any
+    connections: set["Connection"]
+    backlogged: set["Connection"]
+    budget: "Budget"
+
+    def schedule_flush(self, connection: "Connection") -> None: ...
+
+    def relieve_budget(self) -> None: ...
+
+
+class Heard(Protocol):
+    """The guard in front of picows (fastws.server.http.CloseGuard), as far as the heartbeat goes."""
+
+    heard: bool
 
 
 def frame_binary(payload: bytes) -> bytes:
@@ -64,7 +90,7 @@ class Connection(WSListener):
 
     def __init__(
         self,
-        server: "Server",
+        server: ConnectionHost,
         tenant_id: str,
         user_id: str,
         filters: Filters | None = None,
@@ -91,7 +117,7 @@ class Connection(WSListener):
         self.backlog: Backlog | None = None
         self.paused = False
         #: the CloseGuard in front of picows (it notes when data last arrived: Server._heartbeat)
-        self.guard: "CloseGuard | None" = None
+        self.guard: Heard | None = None
         #: a heartbeat PING awaits its PONG
         self.pinged = False
         #: heartbeat ticks without data from the peer (or, once pinged, since the PING)
