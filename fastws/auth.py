@@ -104,6 +104,25 @@ class Authenticator:
             raise ProtocolError(codes.UNAUTHORIZED, "token claims are not valid tenant and user ids")
         return Identity(tenant_id, user_id, claims.get("role") == "admin", float(claims["exp"]))
 
+    def mint(self, tenant_id: str, user_id: str, admin: bool = False, ttl: float = 3600,
+             kid: str | None = None, now: float | None = None) -> str:
+        """A token this authenticator accepts: signed with the default key, or with key ``kid``
+        of the key file (what ``fastws token`` prints)."""
+        if not is_valid_id(tenant_id) or not is_valid_id(user_id):
+            raise ConfigError("the tenant and user must be valid ids")
+        if ttl <= 0:
+            raise ConfigError("the lifetime must be positive")
+        key = self.default_key if kid is None else self.keys.get(kid)
+        if key is None:
+            known = ", ".join(sorted(self.keys)) or "none"
+            raise ConfigError("no default key (FASTWS_JWT_SECRET) configured" if kid is None
+                              else f"no key {kid!r} in the key file (known: {known})")
+        issued = int(time.time() if now is None else now)
+        claims: dict[str, object] = {"tenant_id": tenant_id, "sub": user_id, "iat": issued, "exp": issued + int(ttl)}
+        if admin:
+            claims["role"] = "admin"
+        return jwt.encode(claims, key, algorithm=ALGORITHMS[0], headers={"kid": kid} if kid is not None else None)
+
     @staticmethod
     def expired(identity: Identity, now: float | None = None) -> bool:
         return (time.time() if now is None else now) >= identity.expires_at

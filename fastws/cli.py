@@ -14,6 +14,7 @@ import sys
 from typing import Sequence
 
 from . import __version__
+from .auth import Authenticator
 from .config import Settings
 from .exceptions import ConfigError
 
@@ -43,6 +44,33 @@ def _run(coro: object) -> None:
         asyncio.run(coro)  # type: ignore[arg-type]
     else:
         uvloop.run(coro)  # type: ignore[arg-type]
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """``90s``, ``30m``, ``1h``, ``7d`` or a number of seconds."""
+    unit = _UNITS.get(text[-1:].lower())
+    try:
+        value = float(text[:-1] if unit else text) * (unit or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use 90s, 30m, 1h, 7d)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("the lifetime must be positive")
+    return value
+
+
+def _token(args: argparse.Namespace) -> int:
+    try:
+        authenticator = Authenticator.from_settings(Settings.load(config=args.config))
+        if authenticator is None:
+            raise ConfigError("no signing key: set FASTWS_JWT_SECRET or FASTWS_JWT_KEYS_FILE (or jwt_secret in --config)")
+        print(authenticator.mint(args.tenant, args.user, args.admin, args.ttl, args.kid))
+    except ConfigError as exc:
+        print(f"fastws: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -228,6 +256,18 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--base-url", default=default_base, help="the server's HTTP base URL (BASE_URL)")
     publish.add_argument("--token", default=os.environ.get("FASTWS_TOKEN"), help="a token (FASTWS_TOKEN)")
     publish.set_defaults(handler=_publish)
+
+    token = commands.add_parser(
+        "token", help="print a token signed with the configured key (FASTWS_JWT_SECRET or the key file)",
+        description="fastws token --tenant T --user U [--admin] [--ttl 1h] [--kid K] [--config FILE]",
+    )
+    token.add_argument("--tenant", required=True)
+    token.add_argument("--user", required=True)
+    token.add_argument("--admin", action="store_true", help="an admin token (flags, DELETE, detailed status)")
+    token.add_argument("--ttl", default="1h", type=_duration, help="lifetime: 90s, 30m, 1h, 7d or seconds (default 1h)")
+    token.add_argument("--kid", help="sign with this key of the key file (FASTWS_JWT_KEYS_FILE)")
+    token.add_argument("--config", help="TOML configuration file holding the keys' settings")
+    token.set_defaults(handler=_token)
 
     selftest = commands.add_parser("selftest", help="check a running server end to end")
     selftest.add_argument("--base-url", help="HTTP base URL (BASE_URL, default http://127.0.0.1:8765)")

@@ -22,12 +22,12 @@ Server -> client: events (see :func:`encode_event`), and the replies
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
+import random
 import time
 from dataclasses import dataclass
-from typing import Any, Final, Union
+from typing import Any, Final, Iterable, Union
 
 import orjson
 
@@ -172,12 +172,31 @@ def _priority_list(value: object, ref: JSON) -> frozenset[str]:
     return frozenset(value)
 
 
+#: the keys a filters object may have
+FILTER_KEYS = ("eventTypes", "sources", "priority", "users")
+#: the keys a subscribe command may have
+SUBSCRIBE_KEYS = frozenset(("type", "ref", "channel", "eventTypes", "since", "epoch"))
+
+
+def _unknown_key(obj: dict[str, Any], known: Iterable[str]) -> str | None:
+    for key in obj:
+        if key not in known:
+            return key
+    return None
+
+
 def decode_filters(value: object, ref: JSON = None) -> Filters:
-    """Validate a filters object. Unknown keys are ignored (room for new dimensions)."""
+    """Validate a filters object. An unknown key is an error naming it: a misspelt filter
+    (``events`` for ``eventTypes``) would otherwise filter nothing, silently."""
     if value is None:
         return Filters()
     if type(value) is not dict:
         raise ProtocolError(codes.INVALID_FILTERS, "filters must be an object", ref)
+    unknown = _unknown_key(value, FILTER_KEYS)
+    if unknown is not None:
+        raise ProtocolError(
+            codes.INVALID_FILTERS, f"unknown filter {unknown!r:.40} (known: {', '.join(FILTER_KEYS)})", ref
+        )
     return Filters(
         event_types=_string_list(value.get("eventTypes"), codes.INVALID_FILTERS, ref),
         sources=_string_list(value.get("sources"), codes.INVALID_FILTERS, ref),
@@ -272,6 +291,10 @@ def decode_command(data: bytes | memoryview) -> Command:
     if kind == "publish":
         return decode_publish(obj, "client", ref)
     if kind == "subscribe":
+        unknown = _unknown_key(obj, SUBSCRIBE_KEYS)
+        if unknown is not None:
+            raise ProtocolError(codes.INVALID_FIELD, f"unknown field {unknown!r:.40} in subscribe "
+                                f"(known: channel, eventTypes, since, epoch, ref)", ref)
         channel = obj.get("channel")
         if channel is None:
             raise ProtocolError(codes.MISSING_FIELD, "'channel' is required", ref)
@@ -328,12 +351,13 @@ def publish_fields(
 # --- encoding -----------------------------------------------------------------
 
 
-# Event ids are UUID4-shaped, as the seed's: 74 random bits chosen once per process,
-# then a 48-bit counter (from a random start). Unique and cheap (no system call per
-# event); not secret: event ids grant nothing (connection ids stay fully random).
-_ID_RANDOM = os.urandom(10).hex()
-_ID_HEAD = f"{_ID_RANDOM[0:8]}-{_ID_RANDOM[8:12]}-4{_ID_RANDOM[12:15]}-{'89ab'[int(_ID_RANDOM[15], 16) % 4]}{_ID_RANDOM[16:19]}-"
-_ID_COUNTER = itertools.count(int.from_bytes(os.urandom(5), "big"))
+# Event ids are UUID4s, as the seed's: 122 random bits each, drawn from a generator
+# seeded from the system's once per process (no system call per event). Ids are not
+# secrets (they grant nothing; connection ids come from os.urandom), but they must not
+# count: a counter would tell one tenant how busy the others are.
+_ID_BITS = random.Random(os.urandom(32)).getrandbits
+_ID_VERSION = 0x4 << 76 | 0x2 << 62  # version 4, variant 10 (RFC 9562)
+_ID_CLEAR = ~(0xF << 76 | 0x3 << 62) & (1 << 128) - 1
 _last_millisecond = -1
 _last_timestamp = ""
 _last_second = -1
@@ -341,8 +365,9 @@ _last_second_text = ""
 
 
 def new_event_id() -> str:
-    """A UUID4-shaped string, unique per event (see above)."""
-    return f"{_ID_HEAD}{next(_ID_COUNTER) & 0xFFFFFFFFFFFF:012x}"
+    """A random UUID4 (see above)."""
+    h = f"{_ID_BITS(128) & _ID_CLEAR | _ID_VERSION:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def iso_timestamp(unix_time: float) -> str:

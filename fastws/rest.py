@@ -319,9 +319,16 @@ class RestAPI:
         return _ok({"flags": flags.to_json()})
 
     def delete_connections(self, request: Request) -> Response | Awaitable[Response]:
+        """Disconnect a tenant's connections (and a user's, and one connection): the tenant and user
+        from the query (``tenant_id``, ``user_id``) or, as the seed's apps send them, from the
+        X-Tenant-ID and X-User-ID headers; the query wins where both are given."""
         query = request.query
-        tenant_id = validate_tenant_id(query.get("tenant_id"))
-        user_id = query.get("user_id")
+        headers = request.headers
+        tenant_id = query.get("tenant_id") or headers.get("x-tenant-id")
+        if tenant_id is None:
+            raise ProtocolError(codes.MISSING_FIELD, "the tenant is required: ?tenant_id= or the X-Tenant-ID header")
+        tenant_id = validate_tenant_id(tenant_id)
+        user_id = query.get("user_id") or headers.get("x-user-id") or None
         if user_id is not None:
             validate_user_id(user_id)
         connection_id = query.get("connection_id")
@@ -339,7 +346,11 @@ class RestAPI:
     def _json_body(request: Request) -> Any:
         content_type = request.headers.get("content-type")
         if content_type is not None and content_type.split(";", 1)[0].strip().lower() != "application/json":
-            raise ProtocolError(codes.UNSUPPORTED_MEDIA_TYPE)
+            raise ProtocolError(
+                codes.UNSUPPORTED_MEDIA_TYPE,
+                f"send the body as JSON with 'Content-Type: application/json' (got {content_type!r:.60}; "
+                f"with curl: -H 'Content-Type: application/json')",
+            )
         try:
             return orjson.loads(request.body)
         except orjson.JSONDecodeError:

@@ -1,0 +1,100 @@
+"""What trips a team migrating from the seed: silent mistakes, seed-style headers, event ids, tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+
+import orjson
+import pytest
+
+from fastws.auth import Authenticator
+from fastws.config import Settings
+from tests.helpers import Client
+from tests.integration.test_http import fetch, make_server, publish  # noqa: F401 (fixture)
+
+SECRET = "m" * 40
+
+
+@pytest.mark.parametrize("filters, key", [({"events": ["a"]}, "events"), ({"eventTypes": ["a"], "userIds": ["u"]}, "userIds")])
+async def test_an_unknown_filter_key_is_an_error_naming_it(server, filters, key):
+    client = await Client.connect(server.ws_url, "mig", "alice")
+    reply = await client.request({"type": "filters", "filters": filters})
+    assert reply["type"] == "error" and reply["code"] == "invalid_filters" and key in reply["message"]
+    assert (await client.request({"type": "ping"}))["type"] == "pong"  # the connection serves on
+    await client.close()
+
+
+async def test_an_unknown_subscribe_key_is_an_error_naming_it(server):
+    client = await Client.connect(server.ws_url, "mig", "alice")
+    reply = await client.request({"type": "subscribe", "channel": "ideas", "events": ["idea_created"]})
+    assert reply["type"] == "error" and reply["code"] == "invalid_field" and "'events'" in reply["message"]
+    ok = await client.request({"type": "subscribe", "channel": "ideas", "eventTypes": ["idea_created"]})
+    assert ok["type"] == "ack"
+    await client.close()
+
+
+async def test_delete_takes_the_seed_style_headers(server):
+    alice = await Client.connect(server.ws_url, "mig", "alice")
+    bob = await Client.connect(server.ws_url, "mig", "bob")
+    response = await fetch(server, "DELETE", "/api/websocket", {"X-Tenant-ID": "mig", "X-User-ID": "alice"})
+    assert response.status == 200 and orjson.loads(response.body)["disconnected"] == 1
+    await asyncio.wait_for(alice.ws.wait_closed(), 5)
+    assert alice.ws.close_code == 4001
+    assert (await bob.request({"type": "ping"}))["type"] == "pong"
+    response = await fetch(server, "DELETE", "/api/websocket", {"X-Tenant-ID": "mig"})
+    assert orjson.loads(response.body)["disconnected"] == 1
+    missing = await fetch(server, "DELETE", "/api/websocket")
+    error = orjson.loads(missing.body)["error"]
+    assert missing.status == 400 and error["code"] == "missing_field" and "X-Tenant-ID" in error["message"]
+
+
+async def test_a_form_body_is_told_which_content_type_to_send(server):
+    response = await fetch(server, "POST", "/api/websocket", {
+        "X-Tenant-ID": "mig", "X-User-ID": "svc", "Content-Type": "application/x-www-form-urlencoded",
+    }, b'{"event":"e","payload":{}}')
+    error = orjson.loads(response.body)["error"]
+    assert response.status == 415 and "application/json" in error["message"]
+
+
+async def test_event_ids_are_random_uuid4s(server):
+    ids = [orjson.loads((await publish(server, {"event": "e", "payload": {"n": n}})).body)["id"] for n in range(20)]
+    parsed = [uuid.UUID(i) for i in ids]
+    assert all(p.version == 4 and p.variant == uuid.RFC_4122 and str(p) == i for p, i in zip(parsed, ids))
+    # no shared prefix or counting tail: consecutive ids reveal nothing about the traffic between them
+    assert len({i[:8] for i in ids}) == len(ids)
+    tails = [int(i[-12:], 16) for i in ids]
+    assert sorted(tails) != tails or len(set(b - a for a, b in zip(tails, tails[1:]))) > 1
+
+
+def test_fastws_token_mints_what_the_server_accepts(tmp_path):
+    env = {**os.environ, "FASTWS_JWT_SECRET": SECRET}
+    out = subprocess.run([sys.executable, "-m", "fastws", "token", "--tenant", "acme", "--user", "alice",
+                          "--admin", "--ttl", "2h"], env=env, capture_output=True, text=True, check=True)
+    identity = Authenticator.from_settings(Settings(jwt_secret=SECRET)).verify(out.stdout.strip())
+    assert (identity.tenant_id, identity.user_id, identity.admin) == ("acme", "alice", True)
+    keys = tmp_path / "keys.json"
+    keys.write_text(orjson.dumps({"k1": "1" * 40}).decode())
+    out = subprocess.run([sys.executable, "-m", "fastws", "token", "--tenant", "acme", "--user", "bob", "--kid", "k1"],
+                         env={**os.environ, "FASTWS_JWT_KEYS_FILE": str(keys)}, capture_output=True, text=True,
+                         check=True)
+    identity = Authenticator.from_settings(Settings(jwt_keys_file=str(keys))).verify(out.stdout.strip())
+    assert (identity.user_id, identity.admin) == ("bob", False)
+    refused = subprocess.run([sys.executable, "-m", "fastws", "token", "--tenant", "a", "--user", "b"],
+                             env={k: v for k, v in os.environ.items() if not k.startswith("FASTWS_JWT")},
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "FASTWS_JWT_SECRET" in refused.stderr
+    bad = subprocess.run([sys.executable, "-m", "fastws", "token", "--tenant", "a", "--user", "b", "--ttl", "soon"],
+                         env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a duration" in bad.stderr
+
+
+async def test_a_minted_token_opens_a_connection(make_server):
+    server = await make_server(jwt_secret=SECRET)
+    token = Authenticator.from_settings(server.settings).mint("acme", "alice", ttl=60)
+    client = await Client.connect(server.ws_url, "acme", "alice", token=token)
+    assert client.welcome["tenantId"] == "acme"
+    await client.close()
