@@ -112,7 +112,8 @@ class Broker(Protocol):
         """(recovered, epoch, last offset, records after since) if nothing after since was lost."""
 
     def read(self, channel: str, since: int, limit: int) -> tuple[str, int, list[Record]]:
-        """(epoch, last offset, up to limit records after since)."""
+        """(epoch, last offset, up to limit records after since); reading never starts a stream
+        (a channel without one answers a fresh epoch, offset 0 and no records)."""
 
     def admit(self, tenant_id: str, channels: Iterable[str]) -> None:
         """Raise too_many_channels unless the tenant may start the streams that publishing to
@@ -568,7 +569,7 @@ class SharedBroker:
         return True, current_epoch, last, records
 
     def read(self, channel: str, since: int, limit: int) -> tuple[str, int, list[Record]]:
-        stream = self._stream_to_read(channel)
+        stream = self._streams.get(channel)  # not _stream_to_read: reading history keeps nothing
         if stream is None:
             return new_epoch(), 0, []
         return _epoch_text(stream[_EPOCH]), stream[_LAST], self._records(stream, since, limit) or []

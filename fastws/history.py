@@ -249,8 +249,9 @@ class History:
     # -- reading --------------------------------------------------------------------
 
     def read(self, channel: str, since: int, limit: int) -> tuple[str, int, list[Record]]:
-        """(epoch, last offset, up to ``limit`` records after ``since``) of a channel."""
-        ring = self._ring_to_read(channel)
+        """(epoch, last offset, up to ``limit`` records after ``since``) of a channel; reading never
+        starts a stream (a channel without one answers a fresh epoch, offset 0 and no records)."""
+        ring = self._rings.get(channel)
         if ring is None:
             return new_epoch(), 0, []
         return ring.epoch, ring.last_offset, ring.read(since, limit)

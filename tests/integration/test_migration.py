@@ -98,3 +98,15 @@ async def test_a_minted_token_opens_a_connection(make_server):
     client = await Client.connect(server.ws_url, "acme", "alice", token=token)
     assert client.welcome["tenantId"] == "acme"
     await client.close()
+
+
+async def test_reading_history_keeps_no_state(server):
+    """GET /api/websocket/history of channels never published to answers no events and creates no stream."""
+    for n in range(50):
+        response = await fetch(server, "GET", f"/api/websocket/history?channel=empty{n}:mig",
+                               {"X-Tenant-ID": "mig", "X-User-ID": "alice"})
+        body = orjson.loads(response.body)
+        assert response.status == 200 and body["events"] == [] and body["offset"] == 0
+    assert not any(f"empty{n}:mig" in server.hub.broker for n in range(50))
+    await publish(server, {"event": "e", "channel": "full:mig", "payload": {}}, tenant="mig")
+    assert "full:mig" in server.hub.broker
