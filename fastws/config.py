@@ -101,6 +101,13 @@ class Settings:
     jwt_keys_file: str = ""
     #: comma-separated browser origins allowed to open WebSockets (empty: any)
     allowed_origins: str = ""
+    #: reverse proxies whose X-Forwarded-For is believed: addresses or networks, comma-separated
+    trusted_proxies: str = ""
+    #: basic status (GET /api/websocket/status without detailed) answers without a token, for health checks
+    public_status: bool = False
+    #: in open mode (no key), where admin operations (flags, DELETE, detailed status) are accepted
+    #: from: "loopback" (the default) or "any" (as the seed did)
+    open_admin: str = "loopback"
     #: seconds given to clients to close on shutdown before their sockets are dropped
     drain_timeout: float = 5.0
     limits: Limits = field(default_factory=Limits)
@@ -121,6 +128,9 @@ class Settings:
         "jwt_secret": "FASTWS_JWT_SECRET",
         "jwt_keys_file": "FASTWS_JWT_KEYS_FILE",
         "allowed_origins": "FASTWS_ALLOWED_ORIGINS",
+        "trusted_proxies": "FASTWS_TRUSTED_PROXIES",
+        "public_status": "FASTWS_PUBLIC_STATUS",
+        "open_admin": "FASTWS_OPEN_ADMIN",
         "max_message_size": "FASTWS_MAX_MESSAGE_SIZE",
         "max_body_size": "FASTWS_MAX_BODY_SIZE",
         "max_header_size": "FASTWS_MAX_HEADER_SIZE",
@@ -176,6 +186,8 @@ class Settings:
         settings = cls(limits=limits, **top_values)
         if not 0 <= settings.port <= 65535:
             raise ConfigError("port must be 0-65535")
+        if settings.open_admin not in ("loopback", "any"):
+            raise ConfigError("open_admin must be 'loopback' or 'any'")
         return settings
 
     def replace(self, **changes: Any) -> "Settings":

@@ -36,6 +36,7 @@ from .core import IMPLEMENTATION
 from .exceptions import ProtocolError
 from .history import payload_of
 from .auth import bearer_token
+from .proxies import is_loopback
 from .hub import Event, Hub
 from .messages import decode_publish, iso_timestamp
 
@@ -95,6 +96,13 @@ def _int_param(query: dict[str, str], name: str, default: int, low: int, high: i
     if not value.isdigit() or not low <= int(value) <= high:
         raise ProtocolError(codes.INVALID_FIELD, f"'{name}' must be an integer from {low} to {high}")
     return int(value)
+
+
+def _needs_admin(request: Request) -> bool:
+    """Changing flags, disconnecting, and detailed status are admin operations."""
+    return request.method in ("PUT", "DELETE") or (
+        request.path == "/api/websocket/status" and _truthy(request.query.get("detailed"))
+    )
 
 
 def error_response(
@@ -178,8 +186,16 @@ class RestAPI:
             message = f"{request.method[:16]} is not allowed here"
             return error_response(codes.METHOD_NOT_ALLOWED, message, [(b"Allow", _allow(methods))])
         try:
-            if request.path not in PUBLIC_PATHS and self.hub.authenticator is not None:
-                self._authorize(request)
+            if request.path not in PUBLIC_PATHS:
+                if self.hub.authenticator is not None:
+                    if not (self.settings.public_status and request.path == "/api/websocket/status"
+                            and not _needs_admin(request)):
+                        self._authorize(request)
+                elif (_needs_admin(request) and self.settings.open_admin == "loopback"
+                      and not is_loopback(request.client)):
+                    raise ProtocolError(
+                        codes.FORBIDDEN, "in open mode admin operations are accepted from loopback only "
+                        "(set a JWT secret and use an admin token: fastws token --admin)")
             response = handler(request)
         except ProtocolError as exc:
             return _error_of(exc)
@@ -200,10 +216,7 @@ class RestAPI:
         if token is None:
             raise ProtocolError(codes.UNAUTHORIZED)
         identity = self.hub.authenticator.verify(token)  # type: ignore[union-attr]
-        needs_admin = request.method in ("PUT", "DELETE") or (
-            request.path == "/api/websocket/status" and _truthy(request.query.get("detailed"))
-        )
-        if needs_admin and not identity.admin:
+        if _needs_admin(request) and not identity.admin:
             raise ProtocolError(codes.FORBIDDEN, "an admin token is required")
         headers = request.headers
         for name, value in (("x-tenant-id", identity.tenant_id), ("x-user-id", identity.user_id)):

@@ -27,6 +27,7 @@ from ..rest import Request, Response, RestAPI, error_response
 from ..session import connection_id_bytes
 from ..auth import Authenticator, OriginPolicy, bearer_token
 from ..backlog import Budget
+from ..proxies import TrustedProxies
 from ..broker import SharedSegment
 from ..control import Flags
 from . import allocator
@@ -60,6 +61,7 @@ class Server:
         #: verifies tokens; None: open development mode
         self.authenticator = Authenticator.from_settings(self.settings)
         self.origins = OriginPolicy.from_settings(self.settings)
+        self.proxies = TrustedProxies.parse(self.settings.trusted_proxies)
         self.hub = Hub(self.settings.limits, debug=self.debug, worker=worker, authenticator=self.authenticator)
         self.control = WorkerControl(self, segment, worker, wake_fds)
         self.rest = RestAPI(self.hub, self.settings, self._state, self.control)
@@ -153,6 +155,7 @@ class Server:
         self.authenticator = Authenticator.from_settings(settings)
         self.hub.authenticator = self.authenticator
         self.origins = OriginPolicy.from_settings(settings)
+        self.proxies = TrustedProxies.parse(settings.trusted_proxies)
         self.hub.limits = settings.limits
         self.budget.limit = settings.limits.max_send_buffer_total // self.workers
         self.rest.settings = settings
@@ -334,13 +337,19 @@ class _ClientFaultFilter(logging.Filter):
 
 
 def log_auth_mode(server: Server) -> None:
+    settings = server.settings
     if server.authenticator is None:
+        where = "from loopback peers only" if settings.open_admin == "loopback" else "from ANY peer (open_admin=any)"
         log.warning(
             "authentication: OPEN development mode (no FASTWS_JWT_SECRET or key file): "
-            "tenant and user ids are trusted as sent"
+            "tenant and user ids are trusted as sent; admin operations (flags, DELETE, detailed status) "
+            "are accepted %s", where,
         )
     else:
-        log.info("authentication: HS256 tokens required")
+        log.info("authentication: HS256 tokens required%s",
+                 "; basic status is public (public_status)" if settings.public_status else "")
+    if server.proxies.networks:
+        log.info("X-Forwarded-For believed from: %s", ", ".join(map(str, server.proxies.networks)))
 
 
 def _netloc(host: str, port: int) -> str:

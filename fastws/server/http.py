@@ -31,6 +31,7 @@ from ..rest import WEBSOCKET_PATH, Request, Response, error_response
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from ..proxies import TrustedProxies
     from ..rest import RestAPI
 
 __all__ = ["FrontHost", "HttpProtocol"]
@@ -45,6 +46,7 @@ class FrontHost(Protocol):
     settings: "Settings"
     rest: "RestAPI"
     accepting: bool
+    proxies: "TrustedProxies"
     http_connections: set["HttpProtocol"]
     picows_logger: Any
 
@@ -346,7 +348,8 @@ class HttpProtocol(asyncio.Protocol):
                 query.setdefault(key, value)
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in self._headers}
         peer = self.transport.get_extra_info("peername") if self.transport is not None else None
-        client = peer[0] if isinstance(peer, tuple) and peer else ""
+        client = self.server.proxies.client(peer[0] if isinstance(peer, tuple) and peer else "",
+                                            headers.get("x-forwarded-for"))
         return Request(method, path, query, headers, b"".join(self._body), client)
 
     def _head_without_upgrade(self, method: str) -> bytes:

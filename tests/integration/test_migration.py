@@ -110,3 +110,61 @@ async def test_reading_history_keeps_no_state(server):
     assert not any(f"empty{n}:mig" in server.hub.broker for n in range(50))
     await publish(server, {"event": "e", "channel": "full:mig", "payload": {}}, tenant="mig")
     assert "full:mig" in server.hub.broker
+
+
+ADMIN_CALLS = [
+    ("PUT", "/api/websocket", b'{"flags":{"rollout_percent":100}}'),
+    ("DELETE", "/api/websocket?tenant_id=mig", None),
+    ("GET", "/api/websocket/status?detailed=true", None),
+]
+
+
+@pytest.mark.parametrize("method, path, body", ADMIN_CALLS)
+async def test_open_mode_admin_only_from_loopback(make_server, method, path, body):
+    """In open mode, admin operations are accepted from loopback peers only. The request here comes
+    through a trusted proxy (127.0.0.1, as nginx beside the server would be) for a remote client:
+    refused 403; the same request for a loopback client is served; a peer that is not a trusted
+    proxy cannot claim an address with X-Forwarded-For."""
+    headers = {"Content-Type": "application/json"}
+    proxied = await make_server(trusted_proxies="127.0.0.1/32")
+    refused = await fetch(proxied, method, path, {**headers, "X-Forwarded-For": "203.0.113.7"}, body)
+    error = orjson.loads(refused.body)["error"]
+    assert refused.status == 403 and error["code"] == "forbidden" and "loopback" in error["message"]
+    served = await fetch(proxied, method, path, {**headers, "X-Forwarded-For": "127.0.0.1"}, body)
+    assert served.status == 200, served.body
+    direct = await make_server()  # no trusted proxy: the header is ignored, the loopback peer counts
+    spoofed = await fetch(direct, method, path, {**headers, "X-Forwarded-For": "203.0.113.7"}, body)
+    assert spoofed.status == 200, spoofed.body
+    anywhere = await make_server(trusted_proxies="127.0.0.1", open_admin="any")
+    assert (await fetch(anywhere, method, path, {**headers, "X-Forwarded-For": "203.0.113.7"}, body)).status == 200
+    # basic status and publishing are not admin operations
+    assert (await fetch(proxied, "GET", "/api/websocket/status", {"X-Forwarded-For": "203.0.113.7"})).status == 200
+
+
+async def test_public_basic_status_with_tokens_on(make_server):
+    closed = await make_server(jwt_secret=SECRET)
+    assert (await fetch(closed, "GET", "/api/websocket/status")).status == 401
+    public = await make_server(jwt_secret=SECRET, public_status=True)
+    response = await fetch(public, "GET", "/api/websocket/status")
+    assert response.status == 200 and orjson.loads(response.body)["websocket"]["server_running"] is True
+    assert (await fetch(public, "GET", "/api/websocket/status?detailed=true")).status == 401
+    assert (await fetch(public, "GET", "/api/websocket", {"X-Tenant-ID": "mig"})).status == 401
+
+
+async def test_per_address_limits_use_the_forwarded_client(make_server):
+    """Behind a trusted proxy, the connection limit per address counts the forwarded client."""
+    import websockets
+
+    from fastws.config import Limits
+
+    server = await make_server(limits=Limits(max_connections_per_address=1), trusted_proxies="127.0.0.1")
+
+    async def connect(user: str, client: str):
+        return await websockets.connect(f"{server.ws_url}?tenant_id=mig&user_id={user}",
+                                        additional_headers={"X-Forwarded-For": client})
+
+    first, second = await connect("a", "198.51.100.1"), await connect("b", "198.51.100.2")
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await connect("c", "198.51.100.1")
+    assert refused.value.response.status_code == 429
+    await first.close(), await second.close()

@@ -54,7 +54,7 @@ def test_status_counts():
     """status reports the hub's metrics; detailed adds the implementation and tenants."""
     rest = api()
     post(rest, {"event": "a"})
-    body = orjson.loads(rest.handle(Request("GET", "/api/websocket/status", {"detailed": "true"}, {})).body)
+    body = orjson.loads(rest.handle(Request("GET", "/api/websocket/status", {"detailed": "true"}, {}, b"", "127.0.0.1")).body)
     assert body["websocket"]["metrics"]["events_published"] == 1
     assert body["websocket"]["implementation"] in ("cython", "python")
     assert body["websocket"]["tenants"]["t"]["events_published"] == 1
