@@ -101,6 +101,8 @@ class Settings:
     jwt_keys_file: str = ""
     #: comma-separated browser origins allowed to open WebSockets (empty: any)
     allowed_origins: str = ""
+    #: CORS responses allow credentials (cookies, Authorization) for allowed origins
+    cors_credentials: bool = False
     #: reverse proxies whose X-Forwarded-For is believed: addresses or networks, comma-separated
     trusted_proxies: str = ""
     #: basic status (GET /api/websocket/status without detailed) answers without a token, for health checks
@@ -129,6 +131,7 @@ class Settings:
         "jwt_keys_file": "FASTWS_JWT_KEYS_FILE",
         "allowed_origins": "FASTWS_ALLOWED_ORIGINS",
         "trusted_proxies": "FASTWS_TRUSTED_PROXIES",
+        "cors_credentials": "FASTWS_CORS_CREDENTIALS",
         "public_status": "FASTWS_PUBLIC_STATUS",
         "open_admin": "FASTWS_OPEN_ADMIN",
         "max_message_size": "FASTWS_MAX_MESSAGE_SIZE",

@@ -35,7 +35,7 @@ from .control import Flags, WorkerStats
 from .core import IMPLEMENTATION
 from .exceptions import ProtocolError
 from .history import payload_of
-from .auth import bearer_token
+from .auth import OriginPolicy, bearer_token
 from .proxies import is_loopback
 from .hub import Event, Hub
 from .messages import decode_publish, iso_timestamp
@@ -98,6 +98,13 @@ def _int_param(query: dict[str, str], name: str, default: int, low: int, high: i
     return int(value)
 
 
+def _same_origin(origin: str, host: str | None) -> bool:
+    """The Origin names the host (and port) the request was sent to: not a cross-origin request."""
+    if not host:
+        return False
+    return origin.partition("://")[2].rstrip("/").lower() == host.strip().lower()
+
+
 def _needs_admin(request: Request) -> bool:
     """Changing flags, disconnecting, and detailed status are admin operations."""
     return request.method in ("PUT", "DELETE") or (
@@ -151,6 +158,8 @@ class RestAPI:
     ) -> None:
         self.hub = hub
         self.settings = settings
+        #: the browser origins allowed cross-origin (CORS): the allow-list, listed explicitly
+        self.origins = OriginPolicy.from_settings(settings)
         #: flags, host-wide counters and commands (fastws.server.control); None: this hub alone
         self.control = control
         #: "running" or "draining"
@@ -180,6 +189,61 @@ class RestAPI:
         methods = self._routes.get(request.path)
         if methods is None:
             return error_response(codes.NOT_FOUND, f"no route for {request.path[:100]}")
+        cors = self._cors(request)
+        if cors is None:
+            return error_response(codes.ORIGIN_NOT_ALLOWED, "this origin may not call this API from a browser")
+        if request.method == "OPTIONS":
+            return self._options(request, methods, cors)
+        response = self._handle(request, methods)
+        if cors:
+            if isinstance(response, Response):
+                response.headers.extend(cors)
+            else:
+                return self._with_headers(response, cors)
+        return response
+
+    # -- CORS -------------------------------------------------------------------------
+    #
+    # A browser request from another origin (its Origin header names another host than
+    # its Host header) is served with Access-Control-Allow-Origin only when the origin is
+    # listed in allowed_origins (an empty list lists none: same origin only). From an
+    # origin not listed, a request that changes something or would have been preflighted
+    # (anything but GET and HEAD) is refused with 403 origin_not_allowed and not acted
+    # on; a GET is answered without CORS headers, so the browser keeps it from the page.
+
+    def _cors(self, request: Request) -> list[tuple[bytes, bytes]] | None:
+        """CORS headers for the response ([] when none are due), or None to refuse the request."""
+        origin = request.headers.get("origin")
+        if origin is None or _same_origin(origin, request.headers.get("host")):
+            return []
+        if self.origins.patterns and self.origins.allows(origin):
+            headers = [(b"Access-Control-Allow-Origin", origin.encode("latin-1")), (b"Vary", b"Origin")]
+            if self.settings.cors_credentials:
+                headers.append((b"Access-Control-Allow-Credentials", b"true"))
+            return headers
+        if request.method in ("GET", "HEAD"):
+            return []
+        return None
+
+    def _options(self, request: Request, methods: dict, cors: list[tuple[bytes, bytes]]) -> Response:
+        """A preflight (from an allowed origin: the methods and headers allowed), or a plain OPTIONS."""
+        allow = _allow(methods)
+        headers = [(b"Allow", allow + b", OPTIONS"), *cors]
+        if cors and request.headers.get("access-control-request-method"):
+            headers += [
+                (b"Access-Control-Allow-Methods", allow),
+                (b"Access-Control-Allow-Headers", b"Authorization, Content-Type, X-Tenant-ID, X-User-ID"),
+                (b"Access-Control-Max-Age", b"600"),
+            ]
+        return Response(204, b"", headers)
+
+    @staticmethod
+    async def _with_headers(pending: Awaitable[Response], headers: list[tuple[bytes, bytes]]) -> Response:
+        response = await pending
+        response.headers.extend(headers)
+        return response
+
+    def _handle(self, request: Request, methods: dict) -> Response | Awaitable[Response]:
         # HEAD is GET without the body (the HTTP front leaves it out)
         handler = methods.get("GET" if request.method == "HEAD" else request.method)
         if handler is None:

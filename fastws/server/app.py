@@ -159,6 +159,7 @@ class Server:
         self.hub.limits = settings.limits
         self.budget.limit = settings.limits.max_send_buffer_total // self.workers
         self.rest.settings = settings
+        self.rest.origins = self.origins
         broker = self.hub.broker
         broker.max_events = settings.limits.history_size
         broker.max_bytes = settings.limits.history_bytes

@@ -363,11 +363,14 @@ class HttpProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or self._closing:
             return
-        parts = [
-            _STATUS_LINES[response.status],
-            b"Content-Type: ", response.content_type, b"\r\n",
-            b"Content-Length: ", str(len(response.body)).encode(), b"\r\n",
-        ]
+        if response.status == 204:  # no content: no content headers either (RFC 9110 8.6)
+            parts = [_STATUS_LINES[204]]
+        else:
+            parts = [
+                _STATUS_LINES[response.status],
+                b"Content-Type: ", response.content_type, b"\r\n",
+                b"Content-Length: ", str(len(response.body)).encode(), b"\r\n",
+            ]
         for name, value in response.headers:
             parts += (name, b": ", value, b"\r\n")
         parts.append(b"Connection: close\r\n\r\n" if close else b"Connection: keep-alive\r\n\r\n")

@@ -60,7 +60,8 @@ class HttpResponse:
 
 
 async def read_response(reader: asyncio.StreamReader, head: bool = False, timeout: float = TIMEOUT) -> HttpResponse:
-    """Read one HTTP/1.1 response: status line, headers, then a Content-Length body (none for HEAD or 101)."""
+    """Read one HTTP/1.1 response: status line, headers, then a Content-Length body (none for HEAD, 101,
+    204 or 304)."""
 
     async def read() -> HttpResponse:
         line = await reader.readline()
@@ -82,7 +83,7 @@ async def read_response(reader: asyncio.StreamReader, head: bool = False, timeou
             headers.append((name, value.strip()))
         response = HttpResponse(int(status), reason, headers, b"")
         assert response.header("Transfer-Encoding") is None, "the server always sends Content-Length"
-        if response.status != 101 and not head:
+        if response.status not in (101, 204, 304) and not head:
             length = response.header("Content-Length")
             assert length is not None, headers
             response.body = await reader.readexactly(int(length))

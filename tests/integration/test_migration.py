@@ -168,3 +168,48 @@ async def test_per_address_limits_use_the_forwarded_client(make_server):
         await connect("c", "198.51.100.1")
     assert refused.value.response.status_code == 429
     await first.close(), await second.close()
+
+
+APP = "https://app.example.com"
+
+
+async def test_cors_preflight_and_responses_follow_the_allow_list(make_server):
+    server = await make_server(allowed_origins=f"{APP}, https://*.example.org")
+    preflight = await fetch(server, "OPTIONS", "/api/websocket", {
+        "Origin": APP, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type, x-tenant-id",
+    })
+    assert preflight.status == 204 and preflight.header("Access-Control-Allow-Origin") == APP
+    assert "POST" in preflight.header("Access-Control-Allow-Methods")
+    assert "X-Tenant-ID" in preflight.header("Access-Control-Allow-Headers")
+    assert preflight.header("Access-Control-Allow-Credentials") is None and preflight.header("Content-Length") is None
+    posted = await fetch(server, "POST", "/api/websocket", {
+        "Origin": "https://x.example.org", "X-Tenant-ID": "mig", "X-User-ID": "svc",
+    }, json={"event": "e", "payload": {}})
+    assert posted.status == 200 and posted.header("Access-Control-Allow-Origin") == "https://x.example.org"
+    assert posted.header("Vary") == "Origin"
+    # a refused origin: no CORS headers; its preflight is refused, and a POST is not acted on
+    evil = "https://evil.example.net"
+    refused = await fetch(server, "OPTIONS", "/api/websocket", {"Origin": evil, "Access-Control-Request-Method": "PUT"})
+    assert refused.status == 403 and refused.header("Access-Control-Allow-Origin") is None
+    before = server.hub.metrics.events_published
+    blocked = await fetch(server, "POST", "/api/websocket", {"Origin": evil, "X-Tenant-ID": "mig", "X-User-ID": "x"},
+                          json={"event": "e", "payload": {}})
+    assert blocked.status == 403 and orjson.loads(blocked.body)["error"]["code"] == "origin_not_allowed"
+    assert server.hub.metrics.events_published == before
+    read = await fetch(server, "GET", "/api/websocket/status", {"Origin": evil})
+    assert read.status == 200 and read.header("Access-Control-Allow-Origin") is None
+    # same origin (the Origin names the Host): served as any request, no CORS headers needed
+    host = f"{server.host}:{server.port}"
+    same = await fetch(server, "POST", "/api/websocket", {"Origin": f"http://{host}", "Host": host,
+                                                         "X-Tenant-ID": "mig", "X-User-ID": "x"},
+                       json={"event": "e", "payload": {}})
+    assert same.status == 200 and same.header("Access-Control-Allow-Origin") is None
+
+
+async def test_cors_credentials_only_when_configured(make_server):
+    server = await make_server(allowed_origins=APP, cors_credentials=True)
+    response = await fetch(server, "GET", "/api/websocket/status", {"Origin": APP})
+    assert response.header("Access-Control-Allow-Credentials") == "true"
+    plain = await fetch(server, "OPTIONS", "/api/websocket")  # no Origin: a plain OPTIONS
+    assert plain.status == 204 and "OPTIONS" in plain.header("Allow")
