@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import jwt
 
 from . import codes
-from .channels import is_valid_id
+from .channels import is_valid_id, is_valid_name
 from .config import Settings
 from .exceptions import ConfigError, ProtocolError
 
@@ -100,7 +100,7 @@ class Authenticator:
         except jwt.InvalidTokenError as exc:
             raise ProtocolError(codes.UNAUTHORIZED, f"invalid token: {type(exc).__name__}") from None
         tenant_id, user_id = claims.get("tenant_id"), claims.get("sub")
-        if not is_valid_id(tenant_id) or not is_valid_id(user_id):
+        if not is_valid_id(tenant_id) or not is_valid_name(user_id):
             raise ProtocolError(codes.UNAUTHORIZED, "token claims are not valid tenant and user ids")
         return Identity(tenant_id, user_id, claims.get("role") == "admin", float(claims["exp"]))
 
@@ -108,8 +108,8 @@ class Authenticator:
              kid: str | None = None, now: float | None = None) -> str:
         """A token this authenticator accepts: signed with the default key, or with key ``kid``
         of the key file (what ``fastws token`` prints)."""
-        if not is_valid_id(tenant_id) or not is_valid_id(user_id):
-            raise ConfigError("the tenant and user must be valid ids")
+        if not is_valid_id(tenant_id) or not is_valid_name(user_id):
+            raise ConfigError("the tenant must be a valid id and the user a valid name")
         if ttl <= 0:
             raise ConfigError("the lifetime must be positive")
         key = self.default_key if kid is None else self.keys.get(kid)

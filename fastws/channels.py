@@ -21,6 +21,7 @@ __all__ = [
     "ID_PATTERN",
     "TENANT_CHANNEL",
     "is_valid_id",
+    "is_valid_name",
     "validate_tenant_id",
     "validate_user_id",
     "parse_channel",
@@ -32,6 +33,24 @@ ID_PATTERN: Final = r"[A-Za-z0-9_.\-]{1,64}"
 _ID_RE: Final = re.compile(ID_PATTERN)
 TENANT_CHANNEL: Final = "tenant"
 _MAX_CHANNEL_LENGTH: Final = 64 + 1 + 64
+
+
+#: user ids, event names and sources: text of 1 to MAX_NAME_BYTES bytes of UTF-8, no control characters
+MAX_NAME_BYTES: Final = 128
+_CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def is_valid_name(value: object) -> bool:
+    """True for a str of 1-128 bytes of UTF-8 without control characters: a user id, an event
+    name or a source (emails, ``user:update``, spaces and any script welcome). Tenant ids and
+    channel names stay strict (is_valid_id): they make up channel names and carry the tenant."""
+    if type(value) is not str or not 0 < len(value) <= MAX_NAME_BYTES:
+        return False
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return size <= MAX_NAME_BYTES and _CONTROL_RE.search(value) is None
 
 
 def is_valid_id(value: object) -> bool:
@@ -46,7 +65,7 @@ def validate_tenant_id(value: object) -> str:
 
 
 def validate_user_id(value: object) -> str:
-    if not is_valid_id(value):
+    if not is_valid_name(value):
         raise ProtocolError(codes.INVALID_USER_ID)
     return value  # type: ignore[return-value]
 

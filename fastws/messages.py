@@ -32,7 +32,7 @@ from typing import Any, Final, Iterable, Union
 import orjson
 
 from . import codes
-from .channels import is_valid_id
+from .channels import is_valid_name
 from .exceptions import ConnectionClosedError, ProtocolError
 
 __all__ = [
@@ -156,8 +156,8 @@ def _string_list(value: object, code: str, ref: JSON) -> frozenset[str]:
     if type(value) is not list or len(value) > _MAX_FILTER_ITEMS:
         raise ProtocolError(code, f"expected a list of at most {_MAX_FILTER_ITEMS} strings", ref)
     for item in value:
-        if not is_valid_id(item):
-            raise ProtocolError(code, "list items must be 1-64 characters of [A-Za-z0-9_.-]", ref)
+        if not is_valid_name(item):
+            raise ProtocolError(code, "list items must be text of 1-128 bytes without control characters", ref)
     return frozenset(value)
 
 
@@ -231,7 +231,7 @@ def decode_query_filters(query: dict[str, str]) -> Filters | None:
 def _event_name(value: object, ref: JSON) -> str:
     if value is None:
         raise ProtocolError(codes.MISSING_FIELD, "'event' is required", ref)
-    if not is_valid_id(value):
+    if not is_valid_name(value):
         raise ProtocolError(codes.INVALID_EVENT, None, ref)
     if value in RESERVED_TYPES:
         raise ProtocolError(codes.RESERVED_TYPE, f"event name {value!r} is reserved", ref)
@@ -247,7 +247,7 @@ def decode_publish(obj: dict[str, Any], default_source: str, ref: JSON = None) -
     source = obj.get("source")
     if source is None:
         source = default_source
-    elif not is_valid_id(source):
+    elif not is_valid_name(source):
         raise ProtocolError(codes.INVALID_SOURCE, None, ref)
     priority = obj.get("priority")
     if priority is None:
@@ -255,7 +255,7 @@ def decode_publish(obj: dict[str, Any], default_source: str, ref: JSON = None) -
     elif type(priority) is not str or priority not in PRIORITIES:
         raise ProtocolError(codes.INVALID_PRIORITY, f"unknown priority {priority!r:.40}", ref)
     target = obj.get("targetUserId")
-    if target is not None and not is_valid_id(target):
+    if target is not None and not is_valid_name(target):
         raise ProtocolError(codes.INVALID_USER_ID, "'targetUserId' is not a valid user id", ref)
     payload = obj.get("payload")
     return Publish(ref, channel, event, {} if payload is None else payload, source, priority, target)
@@ -326,7 +326,7 @@ def decode_command(data: bytes | memoryview) -> Command:
     # A custom event, as the seed's sendMessage({type, data}) sends it.
     if kind in RESERVED_TYPES:
         raise ProtocolError(codes.RESERVED_TYPE, f"type {kind!r} is reserved", ref)
-    if not is_valid_id(kind):
+    if not is_valid_name(kind):
         raise ProtocolError(codes.INVALID_EVENT, None, ref)
     return Publish(ref, None, kind, obj["data"], "client", DEFAULT_PRIORITY, None)
 

@@ -66,6 +66,14 @@ _REFUSED_HEADERS = frozenset((b"transfer-encoding", b"content-length"))
 _PICOWS_MAX_HEADERS = 128
 
 
+def _header_text(value: bytes) -> str:
+    """A header value as text: UTF-8 when it is (an X-User-ID may be any name), else Latin-1."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
+
+
 def _asks_websocket(headers: dict[str, str]) -> bool:
     """The Upgrade header names websocket among its protocols (RFC 6455 4.2.1, item 3)."""
     return any(token.strip().lower() == "websocket" for token in headers.get("upgrade", "").split(","))
@@ -346,7 +354,7 @@ class HttpProtocol(asyncio.Protocol):
         if url.query:
             for key, value in parse_qsl(url.query.decode("latin-1"), keep_blank_values=True):
                 query.setdefault(key, value)
-        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in self._headers}
+        headers = {name.decode("latin-1").lower(): _header_text(value) for name, value in self._headers}
         peer = self.transport.get_extra_info("peername") if self.transport is not None else None
         client = self.server.proxies.client(peer[0] if isinstance(peer, tuple) and peer else "",
                                             headers.get("x-forwarded-for"))

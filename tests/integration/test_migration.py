@@ -213,3 +213,44 @@ async def test_cors_credentials_only_when_configured(make_server):
     assert response.header("Access-Control-Allow-Credentials") == "true"
     plain = await fetch(server, "OPTIONS", "/api/websocket")  # no Origin: a plain OPTIONS
     assert plain.status == 204 and "OPTIONS" in plain.header("Allow")
+
+
+NAMES = ["alice@example.com", "user:update", "idea service", "café ユーザー", "x" * 128]
+
+
+@pytest.mark.parametrize("name", NAMES)
+async def test_names_as_the_seed_accepted_them_work_everywhere(server, name):
+    """A user id, an event name and a source that is an email, has a colon, a space or any script:
+    accepted on connect, by REST, through filters, history, targeted delivery and status."""
+    from urllib.parse import quote
+
+    alice = await Client.connect(server.ws_url, "names", quote(name, safe=""))
+    assert alice.welcome["userId"] == name
+    assert (await alice.request({"type": "filters", "filters": {"eventTypes": [name], "sources": [name]}}))["type"] == "ack"
+    other = await Client.connect(server.ws_url, "names", "other")
+    # over REST, with the name in the X-User-ID header (UTF-8), as event, source and target
+    wire = name.encode().decode("latin-1")  # the header's bytes are the name's UTF-8
+    response = await publish(server, {"event": name, "source": name, "payload": {"n": 1}, "targetUserId": name},
+                             tenant="names", user=wire)
+    assert response.status == 200, response.body
+    event_id = orjson.loads(response.body)["id"]
+    # filtered out for alice: another event type from another source
+    await publish(server, {"event": "other", "payload": {}}, tenant="names")
+    got = [e for e in await alice.drain() if e.get("eventType") != "connection"]
+    assert [(e["id"], e["eventType"], e["source"], e["userId"]) for e in got] == [(event_id, name, name, name)]
+    assert event_id not in [e.get("id") for e in await other.drain()]  # targeted at alice only
+    history = await fetch(server, "GET", "/api/websocket/history?channel=tenant:names",
+                          {"X-Tenant-ID": "names", "X-User-ID": wire})
+    assert event_id in [e["id"] for e in orjson.loads(history.body)["events"]]
+    info = await fetch(server, "GET", "/api/websocket", {"X-Tenant-ID": "names"})
+    listed = orjson.loads(info.body)["websocket"]
+    assert name in listed["event_types"] and name in listed["sources"]
+    await alice.close(), await other.close()
+
+
+@pytest.mark.parametrize("name", ["", "a\x00b", "tab\there", "x" * 129, "é" * 65, "next\u0085line"])
+async def test_names_with_control_characters_or_too_long_are_refused(server, name):
+    client = await Client.connect(server.ws_url, "names", "bob")
+    reply = await client.request({"type": "publish", "event": "e", "source": name, "payload": {}})
+    assert reply["type"] == "error" and reply["code"] == "invalid_source", reply
+    await client.close()
