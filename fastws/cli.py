@@ -177,6 +177,43 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _listen(args: argparse.Namespace) -> int:
+    """fastws listen: print the welcome and every event a connection receives, one JSON per line,
+    reconnecting and recovering as fastws.Client does (Ctrl-C ends it)."""
+    import json
+
+    from .client import AuthenticationError, Client, ClientError
+
+    filters = {}
+    for key, value in (("eventTypes", args.event_types), ("sources", args.sources), ("priority", args.priority)):
+        if value:
+            filters[key] = [item for item in value.split(",") if item]
+
+    async def listen() -> int:
+        client = Client(args.ws_url, args.tenant, args.user, token=args.token, filters=filters or None,
+                        on_error=lambda error: print(f"fastws: {error}", file=sys.stderr))
+        try:
+            print(json.dumps(await client.connect(), ensure_ascii=False, separators=(",", ":")), flush=True)
+            for channel in args.channel or ():
+                print(json.dumps(await client.subscribe(channel), ensure_ascii=False, separators=(",", ":")), flush=True)
+            async for event in client:
+                print(json.dumps(event, ensure_ascii=False, separators=(",", ":")), flush=True)
+        except AuthenticationError as exc:
+            print(f"fastws: {exc}", file=sys.stderr)
+            return 1
+        except (ClientError, OSError) as exc:
+            print(f"fastws: cannot listen at {args.ws_url}: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await client.disconnect()
+        return 0
+
+    try:
+        return asyncio.run(listen())
+    except KeyboardInterrupt:
+        return 0
+
+
 def _selftest(args: argparse.Namespace) -> int:
     from .selftest import default_urls, run_selftest
 
@@ -256,6 +293,18 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--base-url", default=default_base, help="the server's HTTP base URL (BASE_URL)")
     publish.add_argument("--token", default=os.environ.get("FASTWS_TOKEN"), help="a token (FASTWS_TOKEN)")
     publish.set_defaults(handler=_publish)
+
+    listen = commands.add_parser("listen", help="print the events a connection receives, one JSON per line")
+    listen.add_argument("--tenant", required=True)
+    listen.add_argument("--user", required=True)
+    listen.add_argument("--channel", action="append", help="also subscribe to this channel (repeatable)")
+    listen.add_argument("--event-types", help="filter: event types, comma-separated")
+    listen.add_argument("--sources", help="filter: sources, comma-separated")
+    listen.add_argument("--priority", help="filter: priorities, comma-separated")
+    listen.add_argument("--ws-url", default=os.environ.get("WS_URL", "ws://127.0.0.1:8765/ws"),
+                        help="the server's WebSocket URL (WS_URL)")
+    listen.add_argument("--token", default=os.environ.get("FASTWS_TOKEN"), help="a token (FASTWS_TOKEN)")
+    listen.set_defaults(handler=_listen)
 
     token = commands.add_parser(
         "token", help="print a token signed with the configured key (FASTWS_JWT_SECRET or the key file)",

@@ -166,3 +166,30 @@ async def test_publish_command():
     finally:
         process.send_signal(signal.SIGTERM)
         await finish(process, lines)
+
+
+async def test_listen_prints_the_welcome_the_ack_and_events_as_json_lines():
+    """`fastws listen` (the README's example): a WebSocket client that prints one JSON per line."""
+    import orjson
+
+    process, url, lines = await start("--workers", "0")
+    listener = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fastws", "listen", "--ws-url", url, "--tenant", "acme", "--user", "alice@example.com",
+        "--channel", "ideas", "--event-types", "idea_created", stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        welcome = orjson.loads(await asyncio.wait_for(listener.stdout.readline(), 20))
+        ack = orjson.loads(await asyncio.wait_for(listener.stdout.readline(), 20))
+        assert welcome["eventType"] == "connection" and welcome["userId"] == "alice@example.com"
+        assert ack["type"] == "ack" and ack["channel"] == "ideas:acme"
+        publisher = await Client.connect(url, "acme", "bob")
+        await publisher.publish("other", {}, channel="ideas")  # filtered out
+        sent = await publisher.publish("idea_created", {"title": "New Idea"}, channel="ideas")
+        event = orjson.loads(await asyncio.wait_for(listener.stdout.readline(), 20))
+        assert (event["id"], event["data"], event["channel"]) == (sent["id"], {"title": "New Idea"}, "ideas:acme")
+        await publisher.close()
+    finally:
+        listener.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(listener.wait(), 20) == 0
+        process.send_signal(signal.SIGTERM)
+        await finish(process, lines)
