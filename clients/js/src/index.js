@@ -69,6 +69,7 @@ export class FastWSClient {
   #ws = null;
   #retired = new WeakSet(); // sockets whose end was handled (#onClosed)
   #inflight = null; // the connection attempt under way
+  #abortAttempt = null; // ends the attempt's wait for its welcome
   #listeners = new Map();
   #pending = new Map();
   #refs = 0;
@@ -210,9 +211,10 @@ export class FastWSClient {
   /** One attempt (following a rollback to the legacy URL), shared by whoever asks meanwhile. */
   #attempt() {
     if (!this.#inflight) {
-      this.#inflight = this.#openFollowingLegacy().finally(() => {
-        this.#inflight = null;
+      const attempt = this.#openFollowingLegacy().finally(() => {
+        if (this.#inflight === attempt) this.#inflight = null;
       });
+      this.#inflight = attempt;
     }
     return this.#inflight;
   }
@@ -220,6 +222,8 @@ export class FastWSClient {
   /** Close with `code` (1000), stop reconnecting, and end iteration. */
   close(code = 1000) {
     this.#closing = true;
+    this.#inflight = null; // it fails with 'closed'; a connect() after this starts afresh
+    if (this.#abortAttempt) this.#abortAttempt(new FastWSError('the client was closed', { code: 'closed' }));
     this.#clearReconnect();
     this.#stopHeartbeat();
     const ws = this.#ws;
@@ -297,6 +301,7 @@ export class FastWSClient {
       const fail = (error) => {
         if (welcomed || failed) return;
         failed = true;
+        if (this.#abortAttempt === fail) this.#abortAttempt = null;
         clearTimeout(timer);
         this.#retired.add(ws);
         if (this.#ws === ws) this.#ws = null;
@@ -306,6 +311,7 @@ export class FastWSClient {
         closeSocket(ws, 1000, 'welcome timeout');
         fail(new FastWSError(`no welcome within ${this.requestTimeout} ms`, { code: 'timeout' }));
       }, this.requestTimeout);
+      this.#abortAttempt = fail;
       ws.addEventListener('open', () => {
         opened = true;
       });
@@ -314,6 +320,7 @@ export class FastWSClient {
         const message = this.#onText(event.data);
         if (!welcomed && !failed && message && message.eventType === 'connection') {
           welcomed = true;
+          if (this.#abortAttempt === fail) this.#abortAttempt = null;
           clearTimeout(timer);
           resolve(message);
         }

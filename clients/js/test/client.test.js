@@ -160,3 +160,14 @@ test('filters given to the constructor apply from the first event (on the connec
   await alice.publish('wanted', { ok: true }, { priority: 'critical' });
   assert.deepEqual((await got).data, { ok: true });
 });
+
+test('close() during a connect, then connect() again: the second attempt is a fresh one and succeeds', async () => {
+  const alice = client({ tenantId: tenant() });
+  const first = alice.connect();
+  const closing = alice.close();
+  await assert.rejects(first, { code: 'closed' });
+  await closing;
+  const welcome = await alice.connect();
+  assert.equal(welcome.eventType, 'connection');
+  assert.equal(alice.status, 'connected');
+});
