@@ -38,7 +38,7 @@ const range = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => from
 test('after a drop the client reconnects and recovers every channel: the missed events once, in order', async () => {
   const server = await serve();
   const t = tenant();
-  const alice = client({ url: server.url, tenantId: t, reconnectInterval: 1000, maxReconnectInterval: 1000 });
+  const alice = client({ url: server.url, tenantId: t, reconnectInterval: 1500, maxReconnectInterval: 1500 });
   const offsets = record(alice);
   await alice.connect();
   await alice.subscribe('ideas');
@@ -49,9 +49,12 @@ test('after a drop the client reconnects and recovers every channel: the missed 
   await until(() => offsets.get(`ideas:${t}`)?.length === 3 && offsets.get(`tenant:${t}`)?.length === 3, 'live events');
   const firstConnection = alice.welcome.data.connectionId;
 
-  // An administrator disconnects the client (4001); while it waits to reconnect (0.5 s at least),
+  // An administrator disconnects the client (4001); while it waits to reconnect (0.75 s at least),
   // events are published over REST.
   const closed = next(alice, 'close');
+  const reopened = next(alice, 'open');
+  const recoveries = [];
+  alice.on('recovery', (value) => recoveries.push(value));
   const { body } = await server.http('DELETE', `/api/websocket?tenant_id=${t}`);
   assert.equal(body.disconnected, 1);
   assert.equal((await closed).code, 4001);
@@ -60,9 +63,8 @@ test('after a drop the client reconnects and recovers every channel: the missed 
     await server.publish(t, 'svc', { event: 'while_away', payload: { n } });
     await server.publish(t, 'svc', { channel: `ideas:${t}`, event: 'while_away', payload: { n } });
   }
-  const recoveries = [];
-  alice.on('recovery', (value) => recoveries.push(value));
-  await next(alice, 'open');
+  assert.equal(alice.status, 'reconnecting', 'the events were to be published while the client was away');
+  await reopened;
   assert.notEqual(alice.welcome.data.connectionId, firstConnection);
   assert.equal(alice.welcome.data.recovered, true);
   await alice.publish('after', {});
@@ -93,10 +95,10 @@ test('after a server restart on the same port the client reconnects and says rec
   const errors = [];
   alice.on('error', (error) => errors.push(error.code));
 
+  const opened = next(alice, 'open'); // before the new server: the client may reconnect at once
   await first.stop('SIGKILL');
   await until(() => alice.status === 'reconnecting', 'reconnecting');
   const second = await serve({ port: first.port });
-  const opened = next(alice, 'open');
   await opened;
   await until(() => failures.length === 2, 'both recovery verdicts');
   assert.deepEqual(
@@ -121,6 +123,7 @@ test('a silent server is detected by the heartbeat: the client closes and reconn
   const first = alice.welcome.data.connectionId;
   await new Promise((resolve) => setTimeout(resolve, 700)); // quiet: pings are sent and answered
   assert.equal(alice.status, 'connected');
+  const reopened = next(alice, 'open', () => true, 10000);
   server.pause(); // SIGSTOP: the TCP connection stays up, nothing answers
   try {
     const closed = await next(alice, 'close', () => true, 5000);
@@ -129,7 +132,7 @@ test('a silent server is detected by the heartbeat: the client closes and reconn
   } finally {
     server.resume();
   }
-  await next(alice, 'open', () => true, 10000);
+  await reopened;
   assert.notEqual(alice.welcome.data.connectionId, first);
 });
 
@@ -140,10 +143,11 @@ test('close 4002 naming a legacy URL sends the client there; a later connect is 
   const alice = client({ url: server.url, tenantId: t });
   await alice.connect();
   const closed = next(alice, 'close');
+  const reopened = next(alice, 'open');
   const { status } = await server.http('PUT', '/api/websocket', { body: { flags: { existing: 'close', websocket_v2: false } } });
   assert.equal(status, 200);
   assert.deepEqual(await closed, { code: 4002, reason: `websocket_v2 off: ${legacy.url}` });
-  await next(alice, 'open');
+  await reopened;
   assert.equal(alice.url, legacy.url);
   assert.equal(await legacy.connections(t), 1);
 
