@@ -187,6 +187,7 @@ function matches(event) {
 // After a reconnect the server could not replay (a restart, or history overflowed): what is still in
 // the channel's history is read over REST, filtered as the server would, and shown once.
 async function resync(channel) {
+  await null; // the client takes the server's new position right after telling of the failure
   const position = state.client && state.client.positions ? state.client.positions.get(channel) : null;
   const last = state.lastSeen.get(channel);
   const since = last && position && last.epoch === position.epoch ? last.offset : 0;
@@ -269,6 +270,7 @@ async function connect() {
     client.on('message', onEvent),
     client.on('status', (status) => setStatus(typeof status === 'string' ? status : client.status)),
     client.on('open', (welcome) => {
+      show(welcome);
       const data = (welcome && welcome.data) || {};
       $('connection-detail').textContent =
         `connection ${data.connectionId || '?'} on worker ${data.worker ?? '?'}; ` +
