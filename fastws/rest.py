@@ -10,7 +10,7 @@ Routes (all JSON)::
     GET    /api/websocket/history         a channel's recent events (?channel=&since=&limit=)
     GET    /healthz                       liveness
     GET    /readyz                        readiness (503 while draining)
-    GET    /ws                            426: the WebSocket upgrade (fastws.server.http) is the only use
+    GET    /ws                            426 (or why an upgrade would be refused): the upgrade is the only use
     GET    /dashboard, /static/...        the dashboard and its files (fastws.assets), without a token
 
 HEAD is served wherever GET is, without the body.

@@ -51,6 +51,9 @@ class FrontHost(Protocol):
     def accept_websocket(self, request: Request) -> Any:
         """A listener for picows (fastws.server.websocket.Connection), or an error Response."""
 
+    def probe_websocket(self, request: Request) -> Response | None:
+        """For a GET of /ws without upgrade headers: the refusal an upgrade would get, or None."""
+
     def loop_time(self) -> float: ...
 
 #: the status line of every standard status, with its reason phrase
@@ -306,7 +309,10 @@ class HttpProtocol(asyncio.Protocol):
             if request is None:
                 response = error_response(codes.BAD_REQUEST, "the request target is not a valid URL")
             else:
-                response = self.server.rest.handle(request)
+                refusal = None
+                if request.path == WEBSOCKET_PATH and method in ("GET", "HEAD"):
+                    refusal = self.server.probe_websocket(request)  # why an upgrade would fail
+                response = refusal if refusal is not None else self.server.rest.handle(request)
         head = method == "HEAD"
         if isinstance(response, Response) and not self._waiting:
             self._finish(response, keep_alive, head)
