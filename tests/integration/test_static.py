@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from pathlib import Path
 
 import pytest
 
 from fastws.assets import STATIC_DIR
 from tests.helpers import close_writer
 from tests.integration.test_http import build_request, fetch, make_server, read_response  # noqa: F401
+
+CLIENT_SOURCE = Path(__file__).resolve().parents[2] / "clients" / "js" / "src" / "index.js"
+
 
 @pytest.fixture
 async def server(make_server):  # noqa: F811
@@ -148,6 +152,20 @@ async def test_absolute_form_target_is_not_a_file(server):
     """An absolute-form target naming a file outside static/ is not served either."""
     response = await fetch(server, "GET", "http://127.0.0.1/static/../rest.py")
     assert response.status == 404, response
+
+
+async def test_browser_client_is_the_npm_module(server):
+    """/static/fastws-client.js is the JS package's module (a symlink in the tree), served as JavaScript."""
+    link = STATIC_DIR / "fastws-client.js"
+    assert link.is_symlink() or link.is_file(), "fastws/static/fastws-client.js is missing"
+    if link.is_symlink():
+        assert link.resolve() == CLIENT_SOURCE.resolve()
+    body = link.read_bytes()
+    assert b"FastWSClient" in body and b"FastWSError" in body
+    response = await fetch(server, "GET", "/static/fastws-client.js")
+    assert response.status == 200, response
+    assert response.body == body
+    assert response.header("Content-Type") == "text/javascript; charset=utf-8"
 
 
 async def test_static_paths_need_no_token(make_server):  # noqa: F811
