@@ -458,11 +458,19 @@ function adminToken() {
   return $('admin-token').value.trim() || state.token || $('token').value.trim();
 }
 
-function renderFlags(flags) {
+// Each worker applies a flag change within a tick (50 ms) of another worker's PUT, so a status
+// answered by another worker just after a change may still show the old flags: for a moment after
+// a change, the PUT's answer is what the page shows.
+const FLAGS_SETTLE_MS = 1000;
+
+function renderFlags(flags, fromPut = false) {
   if (!flags) return;
+  if (fromPut) state.flagsPutAt = Date.now();
+  else if (Date.now() - (state.flagsPutAt || 0) < FLAGS_SETTLE_MS) return;
   state.flags = flags;
   $('flag-v2').textContent = flags.websocket_v2 ? 'on' : 'off';
   $('flag-v2').dataset.value = String(flags.websocket_v2);
+  $('flag-v2-toggle').textContent = flags.websocket_v2 ? 'Turn off' : 'Turn on';
   const rollout = $('flag-rollout');
   const existing = $('flag-existing');
   if (document.activeElement !== rollout) rollout.value = flags.rollout_percent;
@@ -505,7 +513,7 @@ async function putFlags(changes) {
   }
   try {
     const answer = await rest('PUT', '/api/websocket', { token: adminToken(), body: { flags: changes } });
-    renderFlags(answer.flags);
+    renderFlags(answer.flags, true);
     setResult(result, `saved ${JSON.stringify(changes)}`, true);
   } catch (error) {
     setResult(result, describeError(error), false);
@@ -680,7 +688,7 @@ function schedulePoll() {
 function resizeCharts() {
   const charts = state.metrics.charts;
   for (const [name, id] of [['connections', 'chart-connections'], ['rate', 'chart-rate'], ['drops', 'chart-drops']]) {
-    if (charts[name]) charts[name].setSize({ width: chartWidth($(id)), height: 170 });
+    if (charts[name] && charts[name].width !== chartWidth($(id))) charts[name].setSize({ width: chartWidth($(id)), height: 170 });
   }
 }
 
@@ -716,8 +724,8 @@ function init() {
     $('log-pending').textContent = '';
   });
   $('flag-v2-toggle').addEventListener('click', () => {
-    const on = state.flags ? state.flags.websocket_v2 : true;
-    putFlags({ websocket_v2: !on });
+    // the change the button names: the opposite of what the page shows
+    putFlags({ websocket_v2: $('flag-v2').dataset.value !== 'true' });
   });
   $('flags-form').addEventListener('submit', (event) => {
     event.preventDefault();
@@ -731,7 +739,7 @@ function init() {
     const button = event.target.closest('button.remove-override');
     if (button) putFlags({ tenants: { [button.dataset.tenant]: null } });
   });
-  window.addEventListener('resize', resizeCharts);
+  new ResizeObserver(resizeCharts).observe($('metrics-card'));
   setStatus('idle');
   renderChannels();
   schedulePoll();
