@@ -11,6 +11,7 @@ Routes (all JSON)::
     GET    /healthz                       liveness
     GET    /readyz                        readiness (503 while draining)
     GET    /ws                            426 (or why an upgrade would be refused): the upgrade is the only use
+    GET    /dashboard, /static/...        the dashboard and its files (fastws.assets), without a token
 
 HEAD is served wherever GET is, without the body.
 
@@ -108,6 +109,13 @@ def error_response(
     return Response(status, body, headers or [])
 
 
+class Static(Protocol):
+    """What the REST API needs of the dashboard's files (fastws.assets.StaticFiles)."""
+
+    def serves(self, path: str) -> bool: ...
+    def handle(self, request: Request) -> Response: ...
+
+
 class Control(Protocol):
     """What the REST API needs of its worker's control (fastws.server.control.WorkerControl)."""
 
@@ -140,8 +148,11 @@ class RestAPI:
         settings: Settings,
         state: Callable[[], str] = lambda: "running",
         control: Control | None = None,
+        static: Static | None = None,
     ) -> None:
         self.hub = hub
+        #: the dashboard's files; None: not served
+        self.static = static
         self.settings = settings
         #: flags, host-wide counters and commands (fastws.server.control); None: this hub alone
         self.control = control
@@ -171,6 +182,9 @@ class RestAPI:
         """The response, or (for commands that involve other workers) an awaitable of it."""
         methods = self._routes.get(request.path)
         if methods is None:
+            if self.static is not None and self.static.serves(request.path):
+                # public: the page asks for tokens itself
+                return self.static.handle(request)
             return error_response(codes.NOT_FOUND, f"no route for {request.path[:100]}")
         # HEAD is GET without the body (the HTTP front leaves it out)
         handler = methods.get("GET" if request.method == "HEAD" else request.method)

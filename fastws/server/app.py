@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from .. import __version__, codes
+from ..assets import StaticFiles
 from ..channels import validate_tenant_id, validate_user_id
 from ..config import Settings
 from ..core import IMPLEMENTATION
@@ -62,7 +63,7 @@ class Server:
         self.origins = OriginPolicy.from_settings(self.settings)
         self.hub = Hub(self.settings.limits, debug=self.debug, worker=worker, authenticator=self.authenticator)
         self.control = WorkerControl(self, segment, worker, wake_fds)
-        self.rest = RestAPI(self.hub, self.settings, self._state, self.control)
+        self.rest = RestAPI(self.hub, self.settings, self._state, self.control, StaticFiles())
         self.connections: set[Connection] = set()
         #: this worker's share of the host's bytes waiting for slow connections, and who holds them
         self.workers = len(wake_fds) if wake_fds else 1

@@ -366,11 +366,16 @@ class HttpProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or self._closing:
             return
-        parts = [
-            _STATUS_LINES[response.status],
-            b"Content-Type: ", response.content_type, b"\r\n",
-            b"Content-Length: ", str(len(response.body)).encode(), b"\r\n",
-        ]
+        if response.status == 304:
+            # no content, and no Content-Length or Content-Type of a body not sent (RFC 9110 15.4.5)
+            parts = [_STATUS_LINES[304]]
+            head = True
+        else:
+            parts = [
+                _STATUS_LINES[response.status],
+                b"Content-Type: ", response.content_type, b"\r\n",
+                b"Content-Length: ", str(len(response.body)).encode(), b"\r\n",
+            ]
         for name, value in response.headers:
             parts += (name, b": ", value, b"\r\n")
         parts.append(b"Connection: close\r\n\r\n" if close else b"Connection: keep-alive\r\n\r\n")
