@@ -20,7 +20,11 @@ def test_js_client_suite_passes() -> None:
     if node is None or npm is None:
         pytest.fail("node and npm are required for the JavaScript client's tests (Node 20 or later)")
     if not (PACKAGE / "node_modules").is_dir():
-        pytest.fail("clients/js/node_modules is missing: run `npm ci` in clients/js")
+        # the test dependencies, exactly as the committed lockfile has them
+        installed = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=PACKAGE, capture_output=True,
+                                   text=True, timeout=240)
+        if installed.returncode != 0:
+            pytest.fail(f"`npm ci` in clients/js failed:\n{installed.stdout[-4000:]}\n{installed.stderr[-4000:]}")
     result = subprocess.run(
         [npm, "test"],
         cwd=PACKAGE,
