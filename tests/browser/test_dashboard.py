@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from tests.browser.conftest import ServerProcess, token
 
@@ -231,3 +232,45 @@ def test_dashboard_end_to_end(browser, server):
     finally:
         context.close()
     assert console.unexpected() == [], console.errors
+
+
+@pytest.fixture
+def open_server() -> Any:
+    """A two-worker server in open mode (no key): the page needs no token, admin works from loopback."""
+    running = ServerProcess(workers=2)
+    running.start()
+    yield running
+    running.stop()
+
+
+def test_dashboard_without_authentication(browser, open_server):
+    """Open mode: no token field is needed; connect, publish from the page and from REST, see the
+    worker rows and flip websocket_v2 off and on without an admin token (the browser is on loopback)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    console = Console(page)
+    try:
+        page.goto(f"{open_server.base}/websocket-test")
+        page.wait_for_selector("#auth-mode:has-text('auth: open')")
+        page.wait_for_function("() => document.querySelectorAll('#workers tbody tr').length === 2")
+        page.fill("#tenant", TENANT)
+        page.fill("#user", USER)
+        page.click("#connect")
+        page.wait_for_selector("#status[data-status='connected']")
+        page.fill("#pub-event", "keep")
+        page.fill("#pub-payload", '{"n": 1}')
+        page.click("#publish")
+        page.wait_for_selector("#publish-result.ok")
+        status, body = open_server.request("POST", "/api/websocket", {"event": "from_rest", "payload": {}},
+                                           {"X-Tenant-ID": TENANT, "X-User-ID": "svc"})
+        assert status == 200, body
+        wait_logged(page, body["id"])
+        assert {"keep", "from_rest"} <= {e["event"] for e in logged(page)}
+        page.click("#flag-v2-toggle")
+        page.wait_for_selector("#flag-v2:has-text('off')")
+        page.click("#flag-v2-toggle")
+        page.wait_for_selector("#flag-v2:has-text('on')")
+        assert console.unexpected() == []
+    finally:
+        context.close()
