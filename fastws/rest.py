@@ -10,7 +10,8 @@ Routes (all JSON)::
     GET    /api/websocket/history         a channel's recent events (?channel=&since=&limit=)
     GET    /healthz                       liveness
     GET    /readyz                        readiness (503 while draining)
-    GET    /ws                            426: the WebSocket upgrade (fastws.server.http) is the only use
+    GET    /ws                            426 (or why an upgrade would be refused): the upgrade is the only use
+    GET    /dashboard, /static/...        the dashboard and its files (fastws.assets), without a token
 
 HEAD is served wherever GET is, without the body.
 
@@ -123,6 +124,13 @@ def error_response(
     return Response(status, body, headers or [])
 
 
+class Static(Protocol):
+    """What the REST API needs of the dashboard's files (fastws.assets.StaticFiles)."""
+
+    def serves(self, path: str) -> bool: ...
+    def handle(self, request: Request) -> Response: ...
+
+
 class Control(Protocol):
     """What the REST API needs of its worker's control (fastws.server.control.WorkerControl)."""
 
@@ -155,8 +163,11 @@ class RestAPI:
         settings: Settings,
         state: Callable[[], str] = lambda: "running",
         control: Control | None = None,
+        static: Static | None = None,
     ) -> None:
         self.hub = hub
+        #: the dashboard's files; None: not served
+        self.static = static
         self.settings = settings
         #: the browser origins allowed cross-origin (CORS): the allow-list, listed explicitly
         self.origins = OriginPolicy.from_settings(settings)
@@ -188,6 +199,9 @@ class RestAPI:
         """The response, or (for commands that involve other workers) an awaitable of it."""
         methods = self._routes.get(request.path)
         if methods is None:
+            if self.static is not None and self.static.serves(request.path):
+                # public: the page asks for tokens itself
+                return self.static.handle(request)
             return error_response(codes.NOT_FOUND, f"no route for {request.path[:100]}")
         cors = self._cors(request)
         if cors is None:

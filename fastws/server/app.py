@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from .. import __version__, codes
+from ..assets import StaticFiles
 from ..channels import validate_tenant_id, validate_user_id
 from ..config import Settings
 from ..core import IMPLEMENTATION
@@ -64,7 +65,7 @@ class Server:
         self.proxies = TrustedProxies.parse(self.settings.trusted_proxies)
         self.hub = Hub(self.settings.limits, debug=self.debug, worker=worker, authenticator=self.authenticator)
         self.control = WorkerControl(self, segment, worker, wake_fds)
-        self.rest = RestAPI(self.hub, self.settings, self._state, self.control)
+        self.rest = RestAPI(self.hub, self.settings, self._state, self.control, StaticFiles())
         self.connections: set[Connection] = set()
         #: this worker's share of the host's bytes waiting for slow connections, and who holds them
         self.workers = len(wake_fds) if wake_fds else 1
@@ -230,6 +231,28 @@ class Server:
         the query), the position and filters, the websocket_v2 flag, the
         address's connect rate, the address's and the tenant's connections.
         """
+        checked = self._check_websocket(request)
+        if isinstance(checked, Response):
+            return checked
+        tenant_id, user_id, filters, since, epoch, expires_at = checked
+        refused = self.control.admit(request.client, tenant_id)
+        if refused is not None:
+            return refused
+        # kept per connection: one string per tenant and per client address, not one per connection
+        return Connection(self, sys.intern(tenant_id), user_id, filters, since, epoch, sys.intern(request.client), expires_at)
+
+    def probe_websocket(self, request: Request) -> Response | None:
+        """A GET of /ws without upgrade headers: the refusal an upgrade with this query would get, if any.
+
+        Browsers (and fetch-based clients) cannot read the status of a refused
+        upgrade, so a client asks again with a plain GET to learn why. Only the
+        checks that spend nothing are made: not the connect rate or counts.
+        """
+        checked = self._check_websocket(request)
+        return checked if isinstance(checked, Response) else None
+
+    def _check_websocket(self, request: Request) -> tuple[str, str, Any, Any, Any, Any] | Response:
+        """Origin, identity, position, filters and the websocket_v2 flag of a request to /ws."""
         query = request.query
         if not self.origins.allows(request.headers.get("origin")):
             return error_response(codes.ORIGIN_NOT_ALLOWED)
@@ -260,11 +283,7 @@ class Server:
             return error_response(
                 codes.ROLLED_BACK, extra={"legacy_url": self.settings.legacy_url or None}
             )
-        refused = self.control.admit(request.client, tenant_id)
-        if refused is not None:
-            return refused
-        # kept per connection: one string per tenant and per client address, not one per connection
-        return Connection(self, sys.intern(tenant_id), user_id, filters, since, epoch, sys.intern(request.client), expires_at)
+        return tenant_id, user_id, filters, since, epoch, expires_at
 
     # -- operations -----------------------------------------------------------------------
 

@@ -53,6 +53,9 @@ class FrontHost(Protocol):
     def accept_websocket(self, request: Request) -> Any:
         """A listener for picows (fastws.server.websocket.Connection), or an error Response."""
 
+    def probe_websocket(self, request: Request) -> Response | None:
+        """For a GET of /ws without upgrade headers: the refusal an upgrade would get, or None."""
+
     def loop_time(self) -> float: ...
 
 #: the status line of every standard status, with its reason phrase
@@ -316,7 +319,10 @@ class HttpProtocol(asyncio.Protocol):
             if request is None:
                 response = error_response(codes.BAD_REQUEST, "the request target is not a valid URL")
             else:
-                response = self.server.rest.handle(request)
+                refusal = None
+                if request.path == WEBSOCKET_PATH and method in ("GET", "HEAD"):
+                    refusal = self.server.probe_websocket(request)  # why an upgrade would fail
+                response = refusal if refusal is not None else self.server.rest.handle(request)
         head = method == "HEAD"
         if isinstance(response, Response) and not self._waiting:
             self._finish(response, keep_alive, head)
@@ -371,8 +377,10 @@ class HttpProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or self._closing:
             return
-        if response.status == 204:  # no content: no content headers either (RFC 9110 8.6)
-            parts = [_STATUS_LINES[204]]
+        if response.status in (204, 304):
+            # no content: no Content-Length or Content-Type of a body not sent (RFC 9110 8.6, 15.4.5)
+            parts = [_STATUS_LINES[response.status]]
+            head = True
         else:
             parts = [
                 _STATUS_LINES[response.status],

@@ -120,6 +120,7 @@ class Supervisor:
             await self._until_listening(segment)
             log.info("WebSocket ws://%s/ws?tenant_id=..&user_id=..", netloc)
             log.info("REST http://%s/api/websocket (status: http://%s/api/websocket/status)", netloc, netloc)
+            log.info("dashboard http://%s/dashboard", netloc)
             if settings.legacy_url:
                 log.info("legacy endpoint %s", settings.legacy_url)
             await self._stop.wait()

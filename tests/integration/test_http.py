@@ -786,6 +786,22 @@ async def test_ws_path_without_upgrade_is_426(server):
     assert half.status == 426, half
 
 
+async def test_ws_path_without_upgrade_answers_why_an_upgrade_would_be_refused(server):
+    """GET /ws without upgrade headers answers the refusal the same query would get on upgrade (400, 503 rolled_back), so browsers can learn it."""
+    missing = await fetch(server, "GET", "/ws?user_id=alice")
+    assert (missing.status, missing.error_code()) == (400, "invalid_tenant_id"), missing
+    bad_filter = await fetch(server, "GET", "/ws?tenant_id=acme&user_id=alice&priority=urgent")
+    assert (bad_filter.status, bad_filter.error_code()) == (400, "invalid_priority"), bad_filter
+    server.control.set_flags({"websocket_v2": False})
+    try:
+        rolled_back = await fetch(server, "GET", "/ws?tenant_id=acme&user_id=alice")
+        body = rolled_back.json()
+        assert (rolled_back.status, body["error"]["code"]) == (503, "rolled_back"), rolled_back
+        assert "legacy_url" in body
+    finally:
+        server.control.set_flags({"websocket_v2": True})
+
+
 async def test_head_response_has_no_body(server, connect):
     """A HEAD response carries headers only, so the next response on the connection parses cleanly."""
     connection = await connect(server)

@@ -30,6 +30,14 @@ from tests.integration.test_http import (  # noqa: F401 - fixtures
 from tests.rawws import upgrade_request
 
 SECRET = "hostile-http-test-secret-of-32-bytes!"
+
+
+def _token(tenant_id: str, user_id: str) -> str:
+    import time
+
+    import jwt
+
+    return jwt.encode({"tenant_id": tenant_id, "sub": user_id, "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
 UPGRADE_HEADERS = {"Connection": "Upgrade", "Upgrade": "websocket"}
 
 
@@ -266,7 +274,7 @@ async def test_every_status_line_has_the_standard_reason_phrase(make_server, con
         (404, "GET", "/nope", None, None),
         (405, "POST", "/healthz", None, b"{}"),
         (413, "POST", "/api/websocket", None, b"x" * 65),
-        (426, "GET", "/ws", None, None),
+        (426, "GET", "/ws", {"Authorization": f"Bearer {_token('acme', 'alice')}"}, None),
         (431, "GET", "/healthz", {"X-Big": "x" * 2000}, None),
     ]
     for status, method, path, headers, body in cases:

@@ -112,6 +112,7 @@ async def soak(seconds: float) -> tuple[float, float, int]:
 
 
 @pytest.mark.uvloop_only
+@pytest.mark.timeout(300)
 async def test_soak_short():
     """45 s of churn: after warm-up the workers' private memory grows by less than 8 MiB."""
     _, growth, rounds = await soak(45)
@@ -120,6 +121,8 @@ async def test_soak_short():
 
 
 @pytest.mark.slow
+@pytest.mark.uvloop_only
+@pytest.mark.timeout(2400)
 async def test_soak_thirty_minutes():
     """30 minutes of churn (--run-slow): memory slope under 1 MiB per 10 minutes after warm-up."""
     slope, _, _ = await soak(1800)
