@@ -19,6 +19,7 @@ and the status API say so.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -29,8 +30,9 @@ from . import codes
 from .channels import is_valid_id, is_valid_name
 from .config import Settings
 from .exceptions import ConfigError, ProtocolError
+from .proxies import TrustedProxies
 
-__all__ = ["Identity", "Authenticator", "OriginPolicy", "bearer_token"]
+__all__ = ["Identity", "Authenticator", "OriginPolicy", "bearer_token", "log_auth_mode"]
 
 ALGORITHMS = ["HS256"]
 MIN_KEY_BYTES = 32
@@ -193,3 +195,20 @@ class OriginPolicy:
             elif host == p_host:
                 return True
         return False
+
+
+def log_auth_mode(settings: Settings, log: logging.Logger) -> None:
+    """Say at startup how requests are authenticated and who may run admin operations."""
+    if Authenticator.from_settings(settings) is None:
+        where = "from loopback peers only" if settings.open_admin == "loopback" else "from ANY peer (open_admin=any)"
+        log.warning(
+            "authentication: OPEN development mode (no FASTWS_JWT_SECRET or key file): "
+            "tenant and user ids are trusted as sent; admin operations (flags, DELETE, detailed status) "
+            "are accepted %s", where,
+        )
+    else:
+        log.info("authentication: HS256 tokens required%s",
+                 "; basic status is public (public_status)" if settings.public_status else "")
+    proxies = TrustedProxies.parse(settings.trusted_proxies)
+    if proxies.networks:
+        log.info("X-Forwarded-For believed from: %s", ", ".join(map(str, proxies.networks)))

@@ -1,7 +1,9 @@
 """Channel grammar and tenant binding.
 
-A channel is ``NAME:TENANT``. Tenant ids, user ids and channel names are 1 to
-64 characters of ``[A-Za-z0-9_.-]``, so the single ``:`` is unambiguous.
+A channel is ``NAME:TENANT``. Tenant ids and channel names are 1 to 64
+characters of ``[A-Za-z0-9_.-]`` (is_valid_id), so the single ``:`` is
+unambiguous. User ids, event names and sources are looser (is_valid_name):
+any UTF-8 text of 1 to 128 bytes without control characters.
 ``tenant`` is a NAME like any other: ``tenant:T`` is the tenant-wide channel
 every connection of tenant T joins on connect.
 
@@ -54,7 +56,7 @@ def is_valid_name(value: object) -> bool:
 
 
 def is_valid_id(value: object) -> bool:
-    """True for a str of 1-64 characters of [A-Za-z0-9_.-] (ids, channel names, event names)."""
+    """True for a str of 1-64 characters of [A-Za-z0-9_.-]: a tenant id, or a channel name's part."""
     return type(value) is str and _ID_RE.fullmatch(value) is not None
 
 

@@ -120,11 +120,13 @@ class History:
         # channel -> ring, least recently appended first
         self._rings: dict[str, RingBuffer] = {}
         self._total_bytes = 0
+        #: events held, over all rings
+        self._events = 0
         self.tenants = TenantStreams(limits.max_channels_per_tenant)
 
     def __len__(self) -> int:
-        """Events held across all channels."""
-        return sum(len(ring) for ring in self._rings.values())
+        """Events held across all channels (kept as a count: the status API asks every second)."""
+        return self._events
 
     def __contains__(self, channel: str) -> bool:
         return channel in self._rings
@@ -207,7 +209,9 @@ class History:
             ring.nbytes + size > ring.capacity and ring.capacity < self.max_bytes
         ):
             ring = self._grow(channel, ring, size)
+        held = len(ring)
         ring.append(offset, frame, event_type, source, priority, publisher, target)
+        self._events += len(ring) - held
 
     def _grow(self, channel: str, ring: RingBuffer, size: int) -> RingBuffer:
         capacity, events = ring.capacity, ring.max_events
@@ -242,7 +246,7 @@ class History:
             victims.append(name)
             total -= len(ring.buffer) + STREAM_OVERHEAD
         for name in victims:
-            del rings[name]
+            self._events -= len(rings.pop(name))
             self.tenants.remove(name)
         self._total_bytes = total
 

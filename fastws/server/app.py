@@ -26,7 +26,7 @@ from ..messages import decode_position, decode_query_filters
 from ..hub import Hub
 from ..rest import Request, Response, RestAPI, error_response
 from ..session import connection_id_bytes
-from ..auth import Authenticator, OriginPolicy, bearer_token
+from ..auth import Authenticator, OriginPolicy, bearer_token, log_auth_mode
 from ..backlog import Budget
 from ..proxies import TrustedProxies
 from ..broker import SharedSegment
@@ -263,10 +263,17 @@ class Server:
                 if token is None:
                     raise ProtocolError(codes.UNAUTHORIZED)
                 identity = self.authenticator.verify(token)
-                for name, value in (("tenant_id", identity.tenant_id), ("user_id", identity.user_id)):
-                    if query.get(name) not in (None, value):
-                        raise ProtocolError(codes.FORBIDDEN, f"'{name}' disagrees with the token")
-                tenant_id, user_id, expires_at = identity.tenant_id, identity.user_id, identity.expires_at
+                if identity.admin:
+                    # an admin token may connect as any tenant and user it names, as it may publish
+                    # for them over REST (backends, `fastws selftest`); else as its own
+                    tenant_id = validate_tenant_id(query.get("tenant_id") or identity.tenant_id)
+                    user_id = validate_user_id(query.get("user_id") or identity.user_id)
+                else:
+                    for name, value in (("tenant_id", identity.tenant_id), ("user_id", identity.user_id)):
+                        if query.get(name) not in (None, value):
+                            raise ProtocolError(codes.FORBIDDEN, f"'{name}' disagrees with the token")
+                    tenant_id, user_id = identity.tenant_id, identity.user_id
+                expires_at = identity.expires_at
             else:
                 tenant_id = validate_tenant_id(query.get("tenant_id"))
                 user_id = validate_user_id(query.get("user_id"))
@@ -356,22 +363,6 @@ class _ClientFaultFilter(logging.Filter):
         return record.levelno >= logging.WARNING and record.levelno < logging.ERROR
 
 
-def log_auth_mode(server: Server) -> None:
-    settings = server.settings
-    if server.authenticator is None:
-        where = "from loopback peers only" if settings.open_admin == "loopback" else "from ANY peer (open_admin=any)"
-        log.warning(
-            "authentication: OPEN development mode (no FASTWS_JWT_SECRET or key file): "
-            "tenant and user ids are trusted as sent; admin operations (flags, DELETE, detailed status) "
-            "are accepted %s", where,
-        )
-    else:
-        log.info("authentication: HS256 tokens required%s",
-                 "; basic status is public (public_status)" if settings.public_status else "")
-    if server.proxies.networks:
-        log.info("X-Forwarded-For believed from: %s", ", ".join(map(str, server.proxies.networks)))
-
-
 def _netloc(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -385,7 +376,7 @@ async def serve(settings: Settings, ready: "asyncio.Future[Server] | None" = Non
     server = Server(settings)
     await server.start()
     log.info("fastws %s (core: %s, loop: %s)", __version__, IMPLEMENTATION, type(loop).__module__.split(".")[0])
-    log_auth_mode(server)
+    log_auth_mode(settings, log)
     log.info("WebSocket %s?tenant_id=..&user_id=..", server.ws_url)
     log.info("REST %s/api/websocket (status: %s/api/websocket/status)", server.http_url, server.http_url)
     if settings.legacy_url:

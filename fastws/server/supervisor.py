@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from .. import __version__
-from ..auth import Authenticator
+from ..auth import log_auth_mode
 from ..broker import SharedSegment
 from ..config import Settings, read_config_file
 from ..control import Flags, WorkerStats
@@ -98,13 +98,7 @@ class Supervisor:
         host, port = sock.getsockname()[:2]
         netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         log.info("fastws %s (core: %s, workers: %d)", __version__, IMPLEMENTATION, self.workers)
-        if Authenticator.from_settings(settings) is None:
-            log.warning(
-                "authentication: OPEN development mode (no FASTWS_JWT_SECRET or key file): "
-                "tenant and user ids are trusted as sent"
-            )
-        else:
-            log.info("authentication: HS256 tokens required")
+        log_auth_mode(settings, log)
         spec = {
             "segment_fd": segment.fd,
             "host": host,

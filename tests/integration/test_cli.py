@@ -193,3 +193,15 @@ async def test_listen_prints_the_welcome_the_ack_and_events_as_json_lines():
         assert await asyncio.wait_for(listener.wait(), 20) == 0
         process.send_signal(signal.SIGTERM)
         await finish(process, lines)
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+async def test_startup_log_says_who_may_run_admin_operations(workers):
+    process, _, lines = await start("--workers", workers)
+    process.send_signal(signal.SIGTERM)
+    text = await finish(process, lines)
+    assert "OPEN development mode" in text and "accepted from loopback peers only" in text
+    process, _, lines = await start("--workers", workers, env={"FASTWS_OPEN_ADMIN": "any", "FASTWS_TRUSTED_PROXIES": "10.0.0.0/8"})
+    process.send_signal(signal.SIGTERM)
+    text = await finish(process, lines)
+    assert "from ANY peer" in text and "X-Forwarded-For believed from: 10.0.0.0/8" in text

@@ -254,3 +254,30 @@ async def test_names_with_control_characters_or_too_long_are_refused(server, nam
     reply = await client.request({"type": "publish", "event": "e", "source": name, "payload": {}})
     assert reply["type"] == "error" and reply["code"] == "invalid_source", reply
     await client.close()
+
+
+async def test_selftest_runs_with_tokens_on_given_an_admin_token():
+    """`fastws selftest --token ADMIN` against a server with authentication on: every check passes
+    (an admin token may connect as the tenants and users the checks use)."""
+    from tests.integration.test_cli import finish, start
+
+    process, url, lines = await start("--workers", "2", env={"FASTWS_JWT_SECRET": SECRET})
+    try:
+        admin = Authenticator.from_settings(Settings(jwt_secret=SECRET)).mint("ops", "root", admin=True, ttl=300)
+        base = url.replace("ws://", "http://").removesuffix("/ws")
+        result = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fastws", "selftest", "--base-url", base, "--token", admin,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        output = (await asyncio.wait_for(result.communicate(), 60))[0].decode()
+        assert result.returncode == 0 and ", 0 failed" in output, output
+        # a token that is not an admin's still may not connect as someone else
+        user = Authenticator.from_settings(Settings(jwt_secret=SECRET)).mint("acme", "alice", ttl=300)
+        import websockets
+
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(f"{url}?tenant_id=other&user_id=alice&token={user}")
+        assert refused.value.response.status_code == 403
+    finally:
+        process.send_signal(__import__("signal").SIGTERM)
+        await finish(process, lines)

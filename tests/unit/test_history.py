@@ -225,3 +225,15 @@ def test_tenant_channel_cap():
     add(history, "e:u", 1)
     assert list(history.channels()) == ["e:u"] and history.tenants.counts == {"u": 1}
     history.admit("t", ["b:t", "d:t"])
+
+
+def test_the_event_count_follows_appends_evictions_and_forgotten_streams():
+    """len(History) is kept as a count; it always equals the rings' events."""
+    from fastws.config import Limits
+    from fastws.history import History
+
+    history = History(Limits(history_size=5, history_bytes=4096, history_total_bytes=64 * 1024))
+    for n in range(400):
+        history.sequence(f"c{n % 37}:t", b'{"n":%d}' % n, "e", "s", 1, "u", None)
+        assert len(history) == sum(len(history._rings[c]) for c in history.channels())
+    assert 0 < len(history) <= 5 * 37
