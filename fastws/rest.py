@@ -335,6 +335,7 @@ class RestAPI:
                 "messages_in": metrics.messages_received,
                 "bytes_in": metrics.bytes_received,
                 "bytes_out": metrics.bytes_sent,
+                "errors": metrics.errors,
                 "workers": 1,
             }
         return {
@@ -345,7 +346,7 @@ class RestAPI:
             "messages_received": totals["messages_in"],
             "bytes_received": totals["bytes_in"],
             "bytes_sent": totals["bytes_out"],
-            "errors": metrics.errors,
+            "errors": totals["errors"],
             "workers": totals["workers"],
             "last_activity": _iso(metrics.last_activity),
             "event_history_size": len(self.hub.broker),

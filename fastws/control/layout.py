@@ -1,4 +1,4 @@
-"""The control plane's shared-memory layout (version 2) and pure pack/unpack functions.
+"""The control plane's shared-memory layout (version 3) and pure pack/unpack functions.
 
 One writable buffer (an mmap of a file in /dev/shm, shared by the supervisor
 and every worker), little-endian::
@@ -47,7 +47,7 @@ __all__ = [
     "unpack_worker",
 ]
 
-VERSION = 2
+VERSION = 3
 _MAGIC = b"FWCP"
 _HEADER = struct.Struct("<4sHHHHQBBBBH")
 HEADER_SIZE = 64
@@ -56,7 +56,7 @@ _OVERRIDE = struct.Struct("<BB64s")
 LATENCY_BUCKETS = 16
 #: recent command results kept per worker: (bus position, count)
 COMMAND_SLOTS = 8
-_ROW = struct.Struct("<IBBHdd" + "Q" * 7 + "4Q" + f"{LATENCY_BUCKETS}Q" + "Q" + f"{2 * COMMAND_SLOTS}Q")
+_ROW = struct.Struct("<IBBHdd" + "Q" * 8 + "4Q" + f"{LATENCY_BUCKETS}Q" + "Q" + f"{2 * COMMAND_SLOTS}Q")
 _SOURCES = ("default", "config", "api")
 #: hash slots of the per-address and per-tenant connection counters
 COUNTER_SLOTS = 16384
@@ -80,6 +80,8 @@ class WorkerStats:
     events_sent: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    #: error replies sent to WebSocket clients (their commands refused)
+    errors: int = 0
     #: events dropped for slow consumers, by priority rank (low, normal, high, critical)
     drops: list[int] = field(default_factory=lambda: [0] * 4)
     #: cross-worker delivery latency histogram (see LATENCY_BUCKETS)
@@ -100,7 +102,7 @@ def pack_worker(stats: WorkerStats) -> bytes:
     return _ROW.pack(
         stats.pid, _STATES.index(stats.state), 0, stats.restarts, stats.started_at, stats.heartbeat,
         stats.connections, stats.total_connections, stats.messages_in, stats.events_published,
-        stats.events_sent, stats.bytes_in, stats.bytes_out,
+        stats.events_sent, stats.bytes_in, stats.bytes_out, stats.errors,
         *stats.drops, *stats.latency, stats.bus_position,
         *[value for pair in commands for value in pair],
     )
@@ -109,11 +111,11 @@ def pack_worker(stats: WorkerStats) -> bytes:
 def unpack_worker(data: bytes | memoryview) -> WorkerStats:
     values = _ROW.unpack(data)
     pid, state, _, restarts, started_at, heartbeat = values[:6]
-    counters = values[6:13]
-    drops = list(values[13:17])
-    latency = list(values[17:17 + LATENCY_BUCKETS])
-    bus_position = values[17 + LATENCY_BUCKETS]
-    flat = values[18 + LATENCY_BUCKETS:]
+    counters = values[6:14]
+    drops = list(values[14:18])
+    latency = list(values[18:18 + LATENCY_BUCKETS])
+    bus_position = values[18 + LATENCY_BUCKETS]
+    flat = values[19 + LATENCY_BUCKETS:]
     commands = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2) if flat[i]]
     return WorkerStats(pid, _STATES[state], restarts, started_at, heartbeat, *counters, drops, latency, bus_position, commands)
 

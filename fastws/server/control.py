@@ -54,6 +54,7 @@ COMMAND_TIMEOUT = 2.0
 
 _METRIC_FIELDS = (
     "connections", "total_connections", "messages_in", "events_published", "events_sent", "bytes_in", "bytes_out",
+    "errors",
 )
 
 
@@ -268,6 +269,7 @@ class WorkerControl:
             events_sent=metrics.events_sent,
             bytes_in=metrics.bytes_received,
             bytes_out=metrics.bytes_sent,
+            errors=metrics.errors,
             drops=list(metrics.drops),
             latency=list(self.latency),
             bus_position=broker.position_applied if broker is not None else 0,

@@ -407,3 +407,21 @@ async def test_client_recovers_across_a_worker_restart(cluster):
     for clients in groups.values():
         for each in clients:
             await each.close()
+
+
+async def test_status_sums_client_errors_over_every_worker(cluster):
+    """`metrics.errors` counts the error replies of every worker, whichever answers."""
+    groups = await cluster.spread("errs", count=8)
+    for clients in groups.values():
+        for client in clients[:2]:
+            assert (await client.request({"type": "nope"}))["type"] == "error"
+    expected = sum(min(2, len(clients)) for clients in groups.values())
+
+    async def summed() -> bool:
+        answers = [(await cluster.http("GET", "/api/websocket/status"))[1] for _ in range(4)]
+        return all(a["websocket"]["metrics"]["errors"] == expected for a in answers)
+
+    await until(summed)
+    for clients in groups.values():
+        for client in clients:
+            await client.close()
