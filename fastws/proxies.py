@@ -62,6 +62,12 @@ class TrustedProxies:
         address = _address(text)
         return address is not None and any(address in network for network in self.networks)
 
+    def forwarded_https(self, peer: str, forwarded_proto: str | None) -> bool:
+        """A trusted proxy says the client's request came over https (``X-Forwarded-Proto``)."""
+        if not forwarded_proto or not self.networks or not self.trusts(peer):
+            return False
+        return forwarded_proto.split(",")[0].strip().lower() == "https"
+
     def client(self, peer: str, forwarded_for: str | None) -> str:
         """The client's address: the peer's, unless the peer is trusted and forwarded one."""
         if not forwarded_for or not self.networks or not self.trusts(peer):

@@ -59,6 +59,8 @@ class Request:
     body: bytes = b""
     #: the client's address (for per-address limits); "" when unknown
     client: str = ""
+    #: the client spoke https to a trusted proxy (X-Forwarded-Proto): its WebSocket URL is wss
+    secure: bool = False
 
 
 @dataclass(slots=True)
@@ -357,7 +359,7 @@ class RestAPI:
         host = request.headers.get("host", "")
         if not host or any(c in host for c in "/?#@ \\") or len(host) > 255:
             return self.fallback_ws_url
-        return f"ws://{host}/ws"
+        return f"{'wss' if request.secure else 'ws'}://{host}/ws"
 
     # -- handlers ---------------------------------------------------------------------
 

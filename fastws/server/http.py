@@ -362,9 +362,12 @@ class HttpProtocol(asyncio.Protocol):
                 query.setdefault(key, value)
         headers = {name.decode("latin-1").lower(): _header_text(value) for name, value in self._headers}
         peer = self.transport.get_extra_info("peername") if self.transport is not None else None
-        client = self.server.proxies.client(peer[0] if isinstance(peer, tuple) and peer else "",
-                                            headers.get("x-forwarded-for"))
-        return Request(method, path, query, headers, b"".join(self._body), client)
+        address = peer[0] if isinstance(peer, tuple) and peer else ""
+        proxies = self.server.proxies
+        client = proxies.client(address, headers.get("x-forwarded-for"))
+        # TLS ended at a trusted proxy: the client's URLs are https and wss
+        secure = proxies.forwarded_https(address, headers.get("x-forwarded-proto"))
+        return Request(method, path, query, headers, b"".join(self._body), client, secure)
 
     def _head_without_upgrade(self, method: str) -> bytes:
         """The head of the request just parsed, its Upgrade header left out."""

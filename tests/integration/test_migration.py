@@ -281,3 +281,15 @@ async def test_selftest_runs_with_tokens_on_given_an_admin_token():
     finally:
         process.send_signal(__import__("signal").SIGTERM)
         await finish(process, lines)
+
+
+async def test_the_websocket_url_is_wss_when_a_trusted_proxy_ended_tls(make_server):
+    server = await make_server(trusted_proxies="127.0.0.1")
+    headers = {"X-Tenant-ID": "mig", "Host": "app.example.com"}
+    secure = await fetch(server, "GET", "/api/websocket", {**headers, "X-Forwarded-Proto": "https"})
+    assert orjson.loads(secure.body)["websocket"]["primary"]["url"] == "wss://app.example.com/ws"
+    plain = await fetch(server, "GET", "/api/websocket", headers)
+    assert orjson.loads(plain.body)["websocket"]["primary"]["url"] == "ws://app.example.com/ws"
+    untrusted = await make_server()
+    claimed = await fetch(untrusted, "GET", "/api/websocket", {**headers, "X-Forwarded-Proto": "https"})
+    assert orjson.loads(claimed.body)["websocket"]["primary"]["url"] == "ws://app.example.com/ws"

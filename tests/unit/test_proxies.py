@@ -28,3 +28,11 @@ def test_loopback_and_bad_configuration():
     assert is_loopback("::ffff:127.0.0.1") and not is_loopback("10.0.0.1") and not is_loopback("")
     with pytest.raises(ConfigError):
         TrustedProxies.parse("10.0.0.0/8, nginx")
+
+
+def test_https_is_believed_from_a_trusted_proxy_only():
+    proxies = TrustedProxies.parse("127.0.0.1")
+    assert proxies.forwarded_https("127.0.0.1", "https") and proxies.forwarded_https("127.0.0.1", "HTTPS, http")
+    assert not proxies.forwarded_https("127.0.0.1", "http") and not proxies.forwarded_https("127.0.0.1", None)
+    assert not proxies.forwarded_https("203.0.113.9", "https")
+    assert not TrustedProxies.parse("").forwarded_https("127.0.0.1", "https")
