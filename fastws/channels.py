@@ -42,17 +42,31 @@ MAX_NAME_BYTES: Final = 128
 _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
+#: names found valid lately (names repeat: the same event types, sources and users), bounded
+_VALID_NAMES: dict[str, None] = {}
+_VALID_NAMES_MAX: Final = 4096
+
+
 def is_valid_name(value: object) -> bool:
     """True for a str of 1-128 bytes of UTF-8 without control characters: a user id, an event
     name or a source (emails, ``user:update``, spaces and any script welcome). Tenant ids and
     channel names stay strict (is_valid_id): they make up channel names and carry the tenant."""
-    if type(value) is not str or not 0 < len(value) <= MAX_NAME_BYTES:
+    if type(value) is not str:
+        return False
+    if value in _VALID_NAMES:
+        return True
+    if not 0 < len(value) <= MAX_NAME_BYTES:
         return False
     try:
         size = len(value.encode("utf-8"))
     except UnicodeEncodeError:  # a lone surrogate
         return False
-    return size <= MAX_NAME_BYTES and _CONTROL_RE.search(value) is None
+    if size > MAX_NAME_BYTES or _CONTROL_RE.search(value) is not None:
+        return False
+    if len(_VALID_NAMES) >= _VALID_NAMES_MAX:
+        _VALID_NAMES.clear()
+    _VALID_NAMES[value] = None
+    return True
 
 
 def is_valid_id(value: object) -> bool:

@@ -366,7 +366,7 @@ _last_second_text = ""
 
 def new_event_id() -> str:
     """A random UUID4 (see above)."""
-    h = f"{_ID_BITS(128) & _ID_CLEAR | _ID_VERSION:032x}"
+    h = "%032x" % (_ID_BITS(128) & _ID_CLEAR | _ID_VERSION)
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
