@@ -80,6 +80,8 @@ def _serve(args: argparse.Namespace) -> int:
         "legacy_url": args.legacy_url,
         "log_level": args.log_level,
         "max_message_size": args.max_message_size,
+        "broker": ",".join(args.broker) if args.broker else None,
+        "redis_prefix": args.redis_prefix,
     }
     overrides = {name: value for name, value in overrides.items() if value is not None}
     try:
@@ -255,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker processes sharing the port (default: the number of CPUs; 0: one in-process worker, no supervisor)",
     )
     serve.add_argument("--config", help="TOML configuration file (settings and [flags]); SIGHUP reloads it")
+    serve.add_argument(
+        "--broker", action="append", metavar="URL",
+        help="Redis of a cluster of hosts: redis://[:PASSWORD@]HOST:PORT/DB or rediss://...; repeat (or "
+             "comma-separate) to shard channels over several (FASTWS_BROKER; default: embedded, no Redis)",
+    )
+    serve.add_argument("--redis-prefix", help="namespace of this deployment's Redis keys (FASTWS_REDIS_PREFIX, default fastws)")
     serve.set_defaults(handler=_serve)
 
     default_base = os.environ.get("BASE_URL", "http://127.0.0.1:8765")

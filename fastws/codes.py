@@ -57,7 +57,7 @@ CLOSE_CODES: Final[dict[int, str]] = {
     DISCONNECTED_BY_ADMIN: "disconnected by an administrator",
     ROLLED_BACK_CLOSE: "websocket_v2 was turned off for the tenant: reconnect to the legacy URL (in the reason)",
     SLOW_CONSUMER: "the connection could not keep up with its events",
-    LOST_PLACE: "the worker lost its place in the shared log (it was stopped or too slow): reconnect and recover",
+    LOST_PLACE: "the worker lost its place in the event stream (shared log or Redis): reconnect and recover",
     RATE_LIMITED_CLOSE: "sustained publishing over the rate limit",
     TOKEN_EXPIRED_CLOSE: "the connection's token expired and was not refreshed",
 }
@@ -112,6 +112,7 @@ ORIGIN_NOT_ALLOWED: Final = "origin_not_allowed"
 RATE_LIMITED: Final = "rate_limited"
 TOO_MANY_CONNECTIONS: Final = "too_many_connections"
 TOO_MANY_CHANNELS: Final = "too_many_channels"
+BROKER_UNAVAILABLE: Final = "broker_unavailable"
 
 ERRORS: Final[dict[str, tuple[int, str]]] = {
     INVALID_JSON: (400, "the message or body is not valid JSON"),
@@ -148,4 +149,6 @@ ERRORS: Final[dict[str, tuple[int, str]]] = {
     RATE_LIMITED: (429, "too many publishes or connections: slow down (REST: see Retry-After)"),
     TOO_MANY_CONNECTIONS: (429, "the tenant or client address has reached its connection limit"),
     TOO_MANY_CHANNELS: (429, "the tenant has reached its limit of channels with history: publish to existing ones"),
+    BROKER_UNAVAILABLE: (503, "the cluster's Redis did not answer in time: retry (a publish refused so may "
+                              "still have been delivered; its event id tells)"),
 }

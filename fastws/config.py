@@ -112,6 +112,15 @@ class Settings:
     open_admin: str = "loopback"
     #: seconds given to clients to close on shutdown before their sockets are dropped
     drain_timeout: float = 5.0
+    #: Redis URLs (redis:// or rediss://, comma-separated: channels are sharded over them) for a
+    #: cluster of hosts; empty: the embedded broker (one host, no Redis)
+    broker: str = field(default="", repr=False)
+    #: the namespace of this deployment's Redis keys and channels
+    redis_prefix: str = "fastws"
+    #: seconds a publish or a position read waits for Redis before it is refused (broker_unavailable)
+    broker_timeout: float = 1.0
+    #: seconds a channel's history is kept in Redis after its last use
+    history_ttl: float = 86400.0
     limits: Limits = field(default_factory=Limits)
 
     # name -> environment variable
@@ -125,6 +134,10 @@ class Settings:
         "ping_interval": "FASTWS_PING_INTERVAL",
         "ping_timeout": "FASTWS_PING_TIMEOUT",
         "drain_timeout": "FASTWS_DRAIN_TIMEOUT",
+        "broker": "FASTWS_BROKER",
+        "redis_prefix": "FASTWS_REDIS_PREFIX",
+        "broker_timeout": "FASTWS_BROKER_TIMEOUT",
+        "history_ttl": "FASTWS_HISTORY_TTL",
         "write_buffer_high": "FASTWS_WRITE_BUFFER_HIGH",
         "socket_send_buffer": "FASTWS_SOCKET_SEND_BUFFER",
         "jwt_secret": "FASTWS_JWT_SECRET",
@@ -191,7 +204,19 @@ class Settings:
             raise ConfigError("port must be 0-65535")
         if settings.open_admin not in ("loopback", "any"):
             raise ConfigError("open_admin must be 'loopback' or 'any'")
+        for url in settings.broker_urls:
+            if not url.startswith(("redis://", "rediss://", "unix://")):
+                raise ConfigError(f"broker: {url.split('@')[-1]!r} is not a redis://, rediss:// or unix:// URL")
+        if not settings.redis_prefix or any(c in settings.redis_prefix for c in " \t\r\n{}"):
+            raise ConfigError("redis_prefix must be a non-empty name without spaces or braces")
+        if settings.broker_timeout <= 0 or settings.history_ttl <= 0:
+            raise ConfigError("broker_timeout and history_ttl must be positive")
         return settings
+
+    @property
+    def broker_urls(self) -> list[str]:
+        """The Redis URLs of ``broker`` (none: the embedded broker)."""
+        return [url.strip() for url in self.broker.replace(" ", ",").split(",") if url.strip()]
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)

@@ -18,7 +18,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
 
 import orjson
 
@@ -27,13 +27,14 @@ from .channels import resolve_channel, tenant_channel
 from .config import Limits
 from .broker import Broker
 from .history import History
-from .core import Matcher
+from .core import Matcher, frame_text
 from .exceptions import ProtocolError
 from .messages import (
     PRIORITIES,
     Filters,
     Publish,
     encode_ack,
+    encode_error,
     encode_event,
     iso_timestamp,
     new_event_id,
@@ -44,7 +45,13 @@ from .limits import AbuseMeter, TokenBucket
 from .auth import Authenticator
 from .exceptions import ConnectionClosedError
 
-__all__ = ["Hub", "Event", "Metrics", "TenantState"]
+if TYPE_CHECKING:
+    from .history import Record
+
+    #: a remote broker's answer to a position request: (kept, epoch, last offset, recovered, records)
+    Position = tuple[bool, str, int, bool, list[Record]]
+
+__all__ = ["Hub", "Event", "Metrics", "TenantState", "HeldSink", "Slot"]
 
 log = logging.getLogger("fastws.hub")
 
@@ -104,6 +111,110 @@ class TenantState:
     home: str = ""
 
 
+class Slot:
+    """A place in a HeldSink's order for an answer that has not come yet."""
+
+    __slots__ = ()
+
+
+Entry = tuple[bytes, int, str, int]
+
+
+class HeldSink:
+    """A session's Sink while answers from a remote broker are awaited (Hub._hold).
+
+    Frames are kept in the order they were produced, with a Slot where an
+    answer (an ack, an error, a welcome and its replay) will go; everything
+    before the first open slot is passed on at once, so the connection sees
+    exactly the order an embedded broker gives: a publisher its ack before
+    the events that follow it, a subscriber its ack, then the replay, then
+    the channel's events past the position (those at or before it are in
+    the position, or in the replay, and are left out). Bounded: past
+    ``limit`` bytes the connection is closed (4008).
+    """
+
+    __slots__ = ("sink", "entries", "nbytes", "limit", "open", "overflowed")
+
+    def __init__(self, sink: Sink, limit: int) -> None:
+        self.sink = sink
+        #: (frame, priority, channel, offset) (replies have priority -1), or a Slot
+        self.entries: list[Entry | Slot] = []
+        self.nbytes = 0
+        self.limit = limit
+        #: slots not filled yet
+        self.open = 0
+        self.overflowed = False
+
+    def send(self, frame: bytes) -> None:
+        self._keep((frame, -1, "", 0))
+
+    def send_event(self, frame: bytes, priority: int, channel: str, offset: int) -> None:
+        self._keep((frame, priority, channel, offset))
+
+    def _keep(self, entry: Entry) -> None:
+        if self.overflowed:
+            return
+        if not self.entries:  # nothing waits before it
+            if entry[1] < 0:
+                self.sink.send(entry[0])
+            else:
+                self.sink.send_event(*entry)
+            return
+        self.entries.append(entry)
+        self.nbytes += len(entry[0])
+        if self.nbytes > self.limit:
+            self.overflowed = True
+            self.entries = []
+            self.open = 0
+            self.sink.close(codes.SLOW_CONSUMER, "slow consumer: too much waiting for the cluster's Redis")
+
+    def close(self, close_code: int, reason: str) -> None:
+        self.sink.close(close_code, reason)
+
+    def slot(self) -> Slot:
+        slot = Slot()
+        self.entries.append(slot)
+        self.open += 1
+        return slot
+
+    def fill(self, slot: Slot, entries: list[Entry], channel: str = "", last: int = 0) -> None:
+        """Put the answer in its place; with ``channel``, leave out that channel's events after it
+        at or before ``last``. Then pass on everything up to the next open slot."""
+        if self.overflowed:
+            return
+        try:
+            index = self.entries.index(slot)
+        except ValueError:  # pragma: no cover - filled twice
+            return
+        after = self.entries[index + 1:]
+        if channel:
+            kept = [e for e in after if type(e) is Slot or e[2] != channel or e[3] > last]  # type: ignore[index]
+            if len(kept) != len(after):
+                self.nbytes -= sum(len(e[0]) for e in after if type(e) is not Slot) - sum(  # type: ignore[index]
+                    len(e[0]) for e in kept if type(e) is not Slot)  # type: ignore[index]
+                after = kept
+        self.entries = self.entries[:index] + entries + after  # type: ignore[operator]
+        self.nbytes += sum(len(e[0]) for e in entries)
+        self.open -= 1
+        self._pass_on()
+
+    def _pass_on(self) -> None:
+        entries = self.entries
+        sink = self.sink
+        count = 0
+        for entry in entries:
+            if type(entry) is Slot:
+                break
+            frame, priority, channel, offset = entry  # type: ignore[misc]
+            self.nbytes -= len(frame)
+            if priority < 0:
+                sink.send(frame)
+            else:
+                sink.send_event(frame, priority, channel, offset)
+            count += 1
+        del entries[:count]
+
+
 class Hub:
     """The connections of one worker, their subscriptions, and local fan-out."""
 
@@ -123,7 +234,10 @@ class Hub:
         self.matcher = Matcher()
         self.metrics = Metrics()
         #: numbers, keeps and carries events (fastws.broker); in one process, its own History
-        self.broker: Broker = History(self.limits)
+        self._broker: Broker = History(self.limits)
+        #: the broker answers later (Redis: fastws.server.redis_broker): positions and offsets come
+        #: through callbacks, and every event, this worker's own too, arrives through fan_out
+        self.remote = False
         #: which worker of the host this hub is (named in welcome events)
         self.worker = worker
         #: cached debug flag: the hot path never formats log lines unless set
@@ -137,6 +251,15 @@ class Hub:
         # tenants with no local connection, oldest first; bounded by max_idle_tenants
         self._idle_tenants: dict[str, None] = {}
         self._numbers = itertools.count(1)
+
+    @property
+    def broker(self) -> Broker:
+        return self._broker
+
+    @broker.setter
+    def broker(self, broker: Broker) -> None:
+        self._broker = broker
+        self.remote = bool(getattr(broker, "asynchronous", False))
 
     # -- connections ---------------------------------------------------------------
 
@@ -182,19 +305,81 @@ class Hub:
             "channels": [channel],
             "limits": self.limits.to_json(),
         }
-        records: list = []
-        if since is None:
-            data["epoch"], data["offset"] = self.broker.position(channel)
+        if self.remote:
+            held, slot = self._hold(session)
+
+            def answered(result: "Position | ProtocolError") -> None:
+                if session.closed or held.overflowed:
+                    return
+                if isinstance(result, ProtocolError):
+                    held.fill(slot, [])
+                    session.sink.close(codes.TRY_AGAIN_LATER, "the cluster's Redis did not answer: reconnect")
+                    return
+                kept, data["epoch"], data["offset"], recovered, records = result
+                if since is not None:
+                    data["recovered"] = recovered and kept
+                welcome = (frame_text(self._welcome(session, data, channel)), -1, "", 0)
+                held.fill(slot, [welcome, *self._replayable(session, channel, records, None)], channel, data["offset"])
+                self._unhold(session)
+
+            self.broker.request(channel, epoch, since, answered)  # type: ignore[attr-defined]
         else:
-            data["recovered"], data["epoch"], data["offset"], records = self.broker.recover(channel, epoch, since)
-        welcome = encode_event(
-            new_event_id(), "connection", data, utc_timestamp(), "system", "normal", tenant_id, user_id, channel
-        )
-        session.send_json(welcome)
-        self.replay(session, channel, records, None)
+            records: list = []
+            if since is None:
+                data["epoch"], data["offset"] = self.broker.position(channel)
+            else:
+                data["recovered"], data["epoch"], data["offset"], records = self.broker.recover(channel, epoch, since)
+            session.send_json(self._welcome(session, data, channel))
+            self.replay(session, channel, records, None)
         if self.debug:
             log.debug("connected %r%s", session, "" if since is None else f" resuming after {since}")
         return session
+
+    @staticmethod
+    def _welcome(session: Session, data: dict[str, Any], channel: str) -> bytes:
+        return encode_event(
+            new_event_id(), "connection", data, utc_timestamp(), "system", "normal", session.tenant_id,
+            session.user_id, channel,
+        )
+
+    # -- waiting for a position (remote brokers) -----------------------------------------
+    #
+    # With a remote broker, a welcome or a subscribe's ack waits for Redis to answer with the
+    # channel's position, while events of the channel may already arrive. Until it answers,
+    # everything for the session is held (HeldSink), in order; then the answer goes out, the
+    # replayed history after it, and the held events of that channel past the position after
+    # those (the ones at or before it are in the position, or in the replay). The hold is
+    # bounded by max_send_buffer: past it the connection is closed with 4008.
+
+    def _hold(self, session: Session) -> tuple[HeldSink, Slot]:
+        """Hold the session's frames behind a new slot (see HeldSink)."""
+        held = session.sink
+        if type(held) is not HeldSink:
+            held = HeldSink(held, self.limits.max_send_buffer)
+            session.sink = held
+            self._senders[session.number] = held.send_event
+        return held, held.slot()  # type: ignore[union-attr]
+
+    def _unhold(self, session: Session) -> None:
+        """Back to the connection's own sink once nothing waits (the fan-out's fast path)."""
+        held = session.sink
+        if type(held) is HeldSink and not held.open and not held.entries:
+            session.sink = held.sink
+            if not session.closed:
+                self._senders[session.number] = held.sink.send_event
+
+    def notify_missed(self, channel: str, first: int, last: int) -> None:
+        """Tell the channel's local subscribers that its events first..last are lost to them
+        (a remote broker could not fill a gap): the ``missed`` message, as for a slow consumer."""
+        count = last - first + 1
+        notice = frame_text(orjson.dumps(
+            {"type": "missed", "count": count, "channels": {channel: {"first": first, "last": last, "count": count}}}))
+        for session in list(self._sessions.values()):
+            if channel in self.matcher.subscriptions(session.number):
+                session.sink.send(notice)
+
+    def subscribers(self, channel: str) -> list[Session]:
+        return [s for s in self._sessions.values() if channel in self.matcher.subscriptions(s.number)]
 
     def disconnect(self, session: Session) -> None:
         """Forget a connection (idempotent)."""
@@ -251,7 +436,33 @@ class Hub:
             raise ProtocolError(
                 codes.TOO_MANY_SUBSCRIPTIONS, f"at most {self.limits.max_subscriptions} subscriptions", ref
             )
+        already = name in matcher.subscriptions(number)
         self._add_subscription(session, name, event_types)
+        if self.remote:
+            if since is None and ref is None:
+                return
+            held, slot = self._hold(session)
+
+            def answered(result: "Position | ProtocolError") -> None:
+                if session.closed or held.overflowed:
+                    return
+                if isinstance(result, ProtocolError):
+                    if not already and self.matcher.unsubscribe(number, name):  # a failed command changes nothing
+                        self._count_channel(self._tenants[session.tenant_id], name, -1)
+                    held.fill(slot, [(frame_text(encode_error(result.code, result.message, ref)), -1, "", 0)])
+                    self._unhold(session)
+                    return
+                kept, stream_epoch, offset, recovered, records = result
+                if since is None:
+                    ack = encode_ack(ref, channel=name, epoch=stream_epoch, offset=offset)
+                else:
+                    ack = encode_ack(ref, channel=name, epoch=stream_epoch, offset=offset, recovered=recovered and kept)
+                held.fill(slot, [(frame_text(ack), -1, "", 0), *self._replayable(session, name, records, event_types)],
+                          name, offset)
+                self._unhold(session)
+
+            self.broker.request(name, epoch, since, answered)  # type: ignore[attr-defined]
+            return
         if since is None:
             if ref is not None:
                 stream_epoch, offset = self.broker.position(name)
@@ -265,11 +476,20 @@ class Hub:
         """Send a session the history records that it would have received live."""
         if not records:
             return
+        send = session.sink.send_event
+        for entry in self._replayable(session, channel, records, event_types):
+            send(*entry)
+
+    def _replayable(self, session: Session, channel: str, records: list,
+                    event_types: frozenset[str] | None) -> list[tuple[bytes, int, str, int]]:
+        """The (frame, priority, channel, offset) of the records the session would have received live."""
+        if not records:
+            return []
         filters = session.filters
         f_types, f_sources, f_users = filters.event_types, filters.sources, filters.users
         f_priorities = {PRIORITIES[name] for name in filters.priorities}
         user_id = session.user_id
-        send = session.sink.send_event
+        entries = []
         for offset, event_type, source, priority, publisher, target, frame in records:
             if (
                 (target is not None and target != user_id)
@@ -280,8 +500,9 @@ class Hub:
                 or (f_users and publisher not in f_users)
             ):
                 continue
-            send(frame, priority, channel, offset)
+            entries.append((frame, priority, channel, offset))
         self.metrics.replays += 1
+        return entries
 
     def unsubscribe(self, session: Session, channel: object, ref: Any = None) -> str:
         try:
@@ -297,13 +518,17 @@ class Hub:
         if self.matcher.subscribe(session.number, channel, event_types):
             self._count_channel(self._tenants[session.tenant_id], channel, +1)
 
-    @staticmethod
-    def _count_channel(tenant: TenantState, channel: str, delta: int) -> None:
+    def _count_channel(self, tenant: TenantState, channel: str, delta: int) -> None:
         count = tenant.channels.get(channel, 0) + delta
         if count > 0:
             tenant.channels[channel] = count
         else:
             tenant.channels.pop(channel, None)
+        if self.remote:  # the worker's interest in the channel, as Redis subscriptions
+            if delta > 0 and count == delta:
+                self._broker.watch(channel)  # type: ignore[attr-defined]
+            elif delta < 0 and count <= 0:
+                self._broker.unwatch(channel)  # type: ignore[attr-defined]
 
     def set_filters(self, session: Session, filters: Filters) -> None:
         session.filters = filters
@@ -427,6 +652,9 @@ class Hub:
         """
         event = self.prepare(tenant_id, user_id, publish)
         broker = self.broker
+        if self.remote:
+            self._submit(event, ack_to, publish.ref)
+            return event.id
         if event.channel not in broker:  # a new stream: within the tenant's cap?
             try:
                 broker.admit(tenant_id, (event.channel,))
@@ -458,6 +686,41 @@ class Hub:
             event.channel, event.event_type, event.source, event.priority, event.publisher, event.target_user, frame, offset
         )
         return offset
+
+    def _submit(self, event: Event, session: Session | None, ref: Any) -> None:
+        """Publish through a remote broker. The publisher's ack (or error) takes its place in the
+        connection's order when Redis answers (HeldSink); the event reaches local subscribers like
+        any other, from the broker (fan_out)."""
+        metrics = self.metrics
+        if session is not None:
+            held, slot = self._hold(session)
+
+        def done(offset: int, error: ProtocolError | None) -> None:
+            reply = None
+            if error is not None:
+                metrics.errors += 1
+                reply = encode_error(error.code, error.message, ref)
+            else:
+                metrics.events_published += 1
+                if ref is not None:
+                    reply = encode_ack(ref, id=event.id, offset=offset)
+            if session is not None and not session.closed:
+                held.fill(slot, [] if reply is None else [(frame_text(reply), -1, "", 0)])
+                self._unhold(session)
+
+        self._broker.submit(event, done)  # type: ignore[attr-defined]
+
+    def deliver_all(self, events: list[Event]) -> "list[int] | Awaitable[list[int]]":
+        """Number and deliver prepared events (a REST publish): their offsets, or with a remote
+        broker an awaitable of them (refused whole, too_many_channels, like an embedded batch)."""
+        if not self.remote:
+            return [self.deliver(event) for event in events]
+        return self._deliver_remote(events)
+
+    async def _deliver_remote(self, events: list[Event]) -> list[int]:
+        offsets = await self._broker.publish_all(events)  # type: ignore[attr-defined]
+        self.metrics.events_published += len(offsets)
+        return offsets
 
     def fan_out(
         self, channel: str, event_type: str, source: str, priority: int, publisher: str, target: str | None,

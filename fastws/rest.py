@@ -140,10 +140,18 @@ class Control(Protocol):
     flags: Flags
 
     def v2_enabled(self, tenant_id: str) -> bool: ...
-    def set_flags(self, body: object) -> Flags: ...
+    def set_flags(self, body: object) -> Flags | Awaitable[Flags]: ...
     def totals(self) -> dict[str, Any]: ...
     def rows(self) -> dict[int, WorkerStats]: ...
     async def disconnect(self, tenant_id: str, user_id: str | None, connection_id: str | None) -> int: ...
+    def cluster_status(self) -> dict[str, Any] | None: ...
+
+
+def _history_response(channel: str, user_id: str | None, epoch: str, offset: int, records: list) -> Response:
+    # Splice the stored event JSON: nothing is decoded and encoded again.
+    events = b",".join(payload_of(frame) for *_, target, frame in records if target is None or target == user_id)
+    head = orjson.dumps({"success": True, "channel": channel, "epoch": epoch, "offset": offset})
+    return Response(200, head[:-1] + b',"events":[' + events + b"]}")
 
 
 def _ok(payload: dict[str, Any], status: int = 200) -> Response:
@@ -180,7 +188,7 @@ class RestAPI:
         self.started_at = time.time()
         #: the URL reported when a request has no usable Host header; the server sets it once bound
         self.fallback_ws_url = f"ws://{settings.host}:{settings.port}/ws"
-        self._routes: dict[str, dict[str, Callable[[Request], Response]]] = {
+        self._routes: dict[str, dict[str, Callable[[Request], Response | Awaitable[Response]]]] = {
             "/api/websocket": {
                 "GET": self.get_info,
                 "POST": self.post_publish,
@@ -350,6 +358,7 @@ class RestAPI:
             "bytes_sent": totals["bytes_out"],
             "errors": totals["errors"],
             "workers": totals["workers"],
+            **({"hosts": totals["hosts"]} if "hosts" in totals else {}),
             "last_activity": _iso(metrics.last_activity),
             "event_history_size": len(self.hub.broker),
             "client_count": totals["connections"],
@@ -403,14 +412,20 @@ class RestAPI:
     def _flags(self) -> Flags:
         return self.control.flags if self.control is not None else Flags()
 
-    def put_flags(self, request: Request) -> Response:
+    def put_flags(self, request: Request) -> Response | Awaitable[Response]:
         body = self._json_body(request)
         if type(body) is not dict or "flags" not in body:
             raise ProtocolError(codes.MISSING_FIELD, "the body must be {\"flags\": {...}}")
         if self.control is None:
             raise ProtocolError(codes.SERVICE_UNAVAILABLE, "flags need a running server")
         flags = self.control.set_flags(body["flags"])
+        if not isinstance(flags, Flags):
+            return self._flags_set(flags)
         return _ok({"flags": flags.to_json()})
+
+    @staticmethod
+    async def _flags_set(pending: Awaitable[Flags]) -> Response:
+        return _ok({"flags": (await pending).to_json()})
 
     def delete_connections(self, request: Request) -> Response | Awaitable[Response]:
         """Disconnect a tenant's connections (and a user's, and one connection): the tenant and user
@@ -450,7 +465,7 @@ class RestAPI:
         except orjson.JSONDecodeError:
             raise ProtocolError(codes.INVALID_JSON) from None
 
-    def post_publish(self, request: Request) -> Response:
+    def post_publish(self, request: Request) -> Response | Awaitable[Response]:
         tenant_id = self._header(request, "X-Tenant-ID", validate_tenant_id)
         user_id = self._header(request, "X-User-ID", validate_user_id)
         body = self._json_body(request)
@@ -464,12 +479,24 @@ class RestAPI:
             events = [self._prepare(tenant_id, user_id, item, index) for index, item in enumerate(body)]
             hub.admit(tenant_id, events)
             hub.take_tenant_publishes(tenant_id, len(events))
-            offsets = [hub.deliver(event) for event in events]
+            offsets = hub.deliver_all(events)
+            if type(offsets) is not list:
+                return self._published(events, offsets, batch=True)
             return _ok({"ids": [event.id for event in events], "offsets": offsets})
         event = self._prepare(tenant_id, user_id, body, None)
         hub.admit(tenant_id, [event])
         hub.take_tenant_publishes(tenant_id, 1)
+        if hub.remote:
+            return self._published([event], hub.deliver_all([event]), batch=False)
         return _ok({"id": event.id, "offset": hub.deliver(event)})
+
+    @staticmethod
+    async def _published(events: list[Event], pending: Awaitable[list[int]], batch: bool) -> Response:
+        """The answer to a publish through a remote broker, once it has numbered the events."""
+        offsets = await pending
+        if batch:
+            return _ok({"ids": [event.id for event in events], "offsets": offsets})
+        return _ok({"id": events[0].id, "offset": offsets[0]})
 
     def _prepare(self, tenant_id: str, user_id: str, item: object, index: int | None) -> Event:
         where = "" if index is None else f"item {index}: "
@@ -480,7 +507,7 @@ class RestAPI:
         except ProtocolError as exc:
             raise ProtocolError(exc.code, where + exc.message) from None
 
-    def get_history(self, request: Request) -> Response:
+    def get_history(self, request: Request) -> Response | Awaitable[Response]:
         tenant_id = self._header(request, "X-Tenant-ID", validate_tenant_id)
         user_id = request.headers.get("x-user-id") or None
         if user_id is not None:
@@ -489,11 +516,13 @@ class RestAPI:
         channel = resolve_channel(query.get("channel") or tenant_channel(tenant_id), tenant_id)
         since = _int_param(query, "since", 0, 0, 2**63 - 1)
         limit = _int_param(query, "limit", 100, 1, MAX_HISTORY_LIMIT)
-        epoch, offset, records = self.hub.broker.read(channel, since, limit)
-        # Splice the stored event JSON: nothing is decoded and encoded again.
-        events = b",".join(payload_of(frame) for *_, target, frame in records if target is None or target == user_id)
-        head = orjson.dumps({"success": True, "channel": channel, "epoch": epoch, "offset": offset})
-        return Response(200, head[:-1] + b',"events":[' + events + b"]}")
+        if self.hub.remote:
+            return self._history(channel, user_id, self.hub.broker.read(channel, since, limit))  # type: ignore[arg-type]
+        return _history_response(channel, user_id, *self.hub.broker.read(channel, since, limit))
+
+    @staticmethod
+    async def _history(channel: str, user_id: str | None, pending: Awaitable[tuple[str, int, list]]) -> Response:
+        return _history_response(channel, user_id, *await pending)
 
     def get_status(self, request: Request) -> Response:
         running = self.state() == "running"
@@ -521,6 +550,9 @@ class RestAPI:
             if self.control is not None:
                 websocket["worker"] = self.control.worker
                 websocket["workers"] = {str(i): row.to_json() for i, row in self.control.rows().items()}
+                cluster = self.control.cluster_status()
+                if cluster is not None:
+                    websocket["cluster"] = cluster
         return _ok({"websocket": websocket})
 
     def get_websocket(self, request: Request) -> Response:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import signal
 import socket
 import sys
@@ -54,8 +55,11 @@ class Server:
         wake_fds: list[int] | None = None,
         echo: bool = False,
         reuse_port: bool = False,
+        host_id: str | None = None,
     ) -> None:
         self.settings = settings or Settings()
+        #: this host's name in a cluster (--broker redis://...): the supervisor's, shared by its workers
+        self.host_id = host_id or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         #: tests only (the Autobahn conformance run): WebSocket messages are echoed, not interpreted
         self.echo = echo
         self.debug = logging.getLogger("fastws").isEnabledFor(logging.DEBUG)
@@ -102,6 +106,8 @@ class Server:
             kwargs.update(host=self.settings.host, port=self.settings.port, reuse_address=True,
                           reuse_port=self._reuse_port or None)
         self.control.start(self._loop)
+        if self.settings.broker:
+            await self._join_cluster()
         self._sweeper = self._loop.call_later(self._sweep_interval(), self._sweep)
         self._heartbeat_timer = self._loop.call_later(self._heartbeat_interval(), self._heartbeat)
         self._server = await self._loop.create_server(lambda: HttpProtocol(self), **kwargs)
@@ -109,6 +115,35 @@ class Server:
         self.accepting = True
         self.control.publish_stats("running")
         return self
+
+    async def _join_cluster(self) -> None:
+        """Use the cluster's Redis (fastws.server.redis_broker) as the hub's broker, and share flags,
+        rows and commands with the other hosts (fastws.server.cluster_plane)."""
+        from .cluster_plane import ClusterPlane
+        from .redis_broker import RedisBroker
+
+        control = self.control
+        broker = RedisBroker(self.settings, self.hub, self.host_id, control.worker,
+                             on_reset=self.reset_channel)
+        broker.on_latency = control.record_latency
+        cluster = ClusterPlane(broker, self.host_id, control.worker, control.row, control.apply_flags,
+                               self.disconnect_matching)
+        broker.on_control = cluster.on_control
+        await broker.start()
+        self.hub.broker = broker
+        control.cluster = cluster
+        await cluster.start(control.flags)
+        log.info("cluster: host %s, Redis %s (prefix %r)", self.host_id, broker.describe(), self.settings.redis_prefix)
+
+    def reset_channel(self, channel: str) -> None:
+        """The channel's stream restarted in Redis: its subscribers here resume (4009) and learn
+        ``recovered:false``; nothing is delivered to them after the reset."""
+        for session in self.hub.subscribers(channel):
+            sink = session.sink
+            connection = getattr(sink, "sink", sink) if type(sink).__name__ == "HeldSink" else sink
+            abandon = getattr(connection, "abandon", None)
+            if abandon is not None:
+                abandon(codes.LOST_PLACE, "the channel's stream restarted: reconnect and recover")
 
     def loop_time(self) -> float:
         return self._loop.time()  # type: ignore[union-attr]
@@ -162,10 +197,13 @@ class Server:
         self.rest.settings = settings
         self.rest.origins = self.origins
         broker = self.hub.broker
-        broker.max_events = settings.limits.history_size
-        broker.max_bytes = settings.limits.history_bytes
-        broker.max_total_bytes = settings.limits.history_total_bytes
-        broker.tenants.limit = settings.limits.max_channels_per_tenant
+        if self.hub.remote:
+            broker.settings = settings  # type: ignore[attr-defined]
+        else:
+            broker.max_events = settings.limits.history_size  # type: ignore[attr-defined]
+            broker.max_bytes = settings.limits.history_bytes  # type: ignore[attr-defined]
+            broker.max_total_bytes = settings.limits.history_total_bytes  # type: ignore[attr-defined]
+            broker.tenants.limit = settings.limits.max_channels_per_tenant  # type: ignore[attr-defined]
         log.info("settings reloaded")
 
     @property
@@ -215,6 +253,10 @@ class Server:
         await self._server.wait_closed()
         self._server = None
         self.control.publish_stats("empty")
+        if self.control.cluster is not None:
+            await self.control.cluster.close()
+        if self.hub.remote:
+            await self.hub.broker.close()  # type: ignore[attr-defined]
 
     async def __aenter__(self) -> "Server":
         return await self.start()

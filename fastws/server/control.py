@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, ContextManager, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, ContextManager, Protocol
 
 import orjson
 
@@ -29,6 +29,7 @@ from ..rest import Response, error_response
 if TYPE_CHECKING:
     from ..config import Settings
     from ..hub import Hub
+    from .cluster_plane import ClusterPlane
 
 __all__ = ["ControlHost", "WorkerControl", "POLL_INTERVAL"]
 
@@ -76,6 +77,8 @@ class WorkerControl:
             self.plane = ControlPlane.create(bytearray(ControlPlane.layout_size(1, 1024)), 1, 1024)
         self.flags: Flags = self.plane.read_flags() or Flags()
         self.broker: SharedBroker | None = None
+        #: the control plane across hosts (--broker redis://...): flags, rows, commands
+        self.cluster: "ClusterPlane | None" = None
         self.latency = [0] * LATENCY_BUCKETS
         self.started_at = time.time()
         self._timer: asyncio.TimerHandle | None = None
@@ -99,7 +102,7 @@ class WorkerControl:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         hub = self.server.hub
-        if self.segment is not None:
+        if self.segment is not None and not self.server.settings.broker:
             self.broker = SharedBroker(
                 self.segment, self.worker, self.server.settings.limits,
                 self._on_remote_event, self._on_command, self._schedule_notify, self._on_lost,
@@ -137,7 +140,7 @@ class WorkerControl:
     def _tick(self) -> None:
         self._ticks += 1
         generation = self.plane.generation
-        if generation // 2 != self.flags.generation and generation % 2 == 0:
+        if self.cluster is None and generation // 2 != self.flags.generation and generation % 2 == 0:
             flags = self.plane.read_flags()
             if flags is not None:
                 self._apply_flags(flags)
@@ -184,6 +187,11 @@ class WorkerControl:
         micros = max(0.0, (time.monotonic() - published_at) * 1e6)
         self.latency[min(LATENCY_BUCKETS - 1, int(micros).bit_length())] += 1
 
+    def record_latency(self, seconds: float) -> None:
+        """One delivery's publish-to-fan-out time, into the latency histogram."""
+        micros = max(0.0, seconds * 1e6)
+        self.latency[min(LATENCY_BUCKETS - 1, int(micros).bit_length())] += 1
+
     def _on_command(self, body: bytes) -> int:
         command = orjson.loads(body)
         if command.get("op") == "disconnect":
@@ -196,8 +204,11 @@ class WorkerControl:
 
     # -- flags -------------------------------------------------------------------------------
 
-    def set_flags(self, body: object) -> Flags:
-        """Apply a PUT body's flag changes for every worker of the host; the new flags."""
+    def set_flags(self, body: object) -> Flags | Awaitable[Flags]:
+        """Apply a PUT body's flag changes for every worker of the host (of the cluster, with Redis:
+        then an awaitable); the new flags."""
+        if self.cluster is not None:
+            return self.cluster.set_flags(body, self.plane.max_overrides)
         with self.lock():
             current = self.plane.read_flags(locked=True)
             flags = replace(current.updated(body, self.plane.max_overrides), source="api")
@@ -212,6 +223,10 @@ class WorkerControl:
             if current.source != "api":
                 current = self.plane.write_flags(replace(flags, source="config"))
         self._apply_flags(current)
+
+    def apply_flags(self, flags: Flags) -> None:
+        """Flags changed elsewhere in the cluster (fastws.server.cluster_plane)."""
+        self._apply_flags(flags)
 
     def _apply_flags(self, flags: Flags) -> None:
         previous, self.flags = self.flags, flags
@@ -288,16 +303,50 @@ class WorkerControl:
         return self.plane.workers()
 
     def totals(self) -> dict[str, Any]:
-        """Counters summed over the host's workers (this one's fresh)."""
+        """Counters summed over the host's workers (this one's fresh), and with Redis over the live
+        workers of the other hosts (as they last wrote their rows)."""
         rows = [row for row in self.rows().values() if row.state in ("running", "draining")]
         totals: dict[str, Any] = {name: sum(getattr(row, name) for row in rows) for name in _METRIC_FIELDS}
         totals["workers"] = len(rows)
+        if self.cluster is not None:
+            hosts = self.cluster.other_hosts()
+            for workers in hosts.values():
+                for row in workers.values():
+                    if row.get("state") in ("running", "draining"):
+                        for name in _METRIC_FIELDS:
+                            totals[name] += int(row.get(name, 0))
+                        totals["workers"] += 1
+            totals["hosts"] = 1 + len(hosts)
         return totals
+
+    def cluster_status(self) -> dict[str, Any] | None:
+        """With Redis: this host, the other live hosts and their workers, and this worker's broker."""
+        if self.cluster is None:
+            return None
+        hosts = {self.cluster.host_id: {str(i): row.to_json() for i, row in self.plane.workers().items()
+                                        if row.state != "empty"}}
+        for host, workers in self.cluster.other_hosts().items():
+            hosts[host] = {str(i): row for i, row in sorted(workers.items())}
+        broker = self.server.hub.broker
+        return {"host": self.cluster.host_id, "hosts": hosts,
+                "broker": {"redis": broker.describe(), "shards": len(broker.shards),  # type: ignore[attr-defined]
+                           **broker.stats.to_json()}}  # type: ignore[attr-defined]
+
+    def row(self) -> dict[str, Any]:
+        """This worker's row as the cluster keeps it (JSON), with its broker's health."""
+        data = self.stats(self.state).to_json()
+        broker = self.server.hub.broker
+        stats = getattr(broker, "stats", None)
+        if stats is not None:
+            data["broker"] = stats.to_json()
+        return data
 
     # -- commands ----------------------------------------------------------------------------
 
     async def disconnect(self, tenant_id: str, user_id: str | None, connection_id: str | None) -> int:
         """Disconnect the selected connections on every worker; how many there were."""
+        if self.cluster is not None:
+            return await self.cluster.disconnect(tenant_id, user_id, connection_id)
         body = orjson.dumps({"op": "disconnect", "tenant_id": tenant_id, "user_id": user_id, "connection_id": connection_id})
         if self.broker is None:
             return self._on_command(body)

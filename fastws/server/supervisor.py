@@ -107,6 +107,8 @@ class Supervisor:
             "config": self.config,
             "overrides": self.overrides,
             "log_level": self.log_level,
+            # this host's name in a cluster (--broker): every worker of the host says the same
+            "host_id": f"{socket.gethostname()}-{port}-{os.urandom(3).hex()}",
         }
         keepers = [asyncio.ensure_future(self._keep(index, spec, segment, [segment.fd, *wake_fds]))
                    for index in range(self.workers)]

@@ -36,7 +36,8 @@ async def run(spec: dict[str, Any]) -> None:
     settings = load_settings(spec)
     segment = SharedSegment.attach_fd(spec["segment_fd"])
     settings = settings.replace(host=spec["host"], port=spec["port"])
-    server = Server(settings, segment=segment, worker=index, wake_fds=spec["wake_fds"], reuse_port=True)
+    server = Server(settings, segment=segment, worker=index, wake_fds=spec["wake_fds"], reuse_port=True,
+                    host_id=spec.get("host_id"))
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides; a terminal's ^C reaches it
