@@ -1,38 +1,57 @@
-"""A real redis-server for integration tests.
+"""A real redis-server for integration tests, and a TCP proxy in front of it that injects faults.
 
 ``RedisServer`` runs ``redis-server`` (Debian's package; the tests fail, never
 skip, without it) on a free loopback port with persistence off, and can pause
 it (SIGSTOP), kill it (SIGKILL) and start it again on the same port.
 
-It is synchronous and fast; asyncio tests call it directly. Only the standard
-library and redis-py are used. The fixtures ``redis_server`` and ``redis_pair``
-(tests/integration/conftest.py) wrap it.
+``FaultProxy`` forwards TCP connections to a Redis server from its own thread
+and event loop (independent of the test's loop and of the servers under test,
+which run in subprocesses). It recognises the connections that subscribed
+(SUBSCRIBE, PSUBSCRIBE or SSUBSCRIBE) and can make them deaf (what Redis sends
+them is dropped while they stay open), sever every connection abruptly, or
+refuse new ones.
+
+Both are synchronous and fast; asyncio tests call them directly. Only the
+standard library and redis-py are used. The fixtures ``redis_server``,
+``redis_pair`` and ``redis_proxy`` (tests/integration/conftest.py) wrap them::
+
+    def test_something(redis_server, redis_proxy):
+        ...  # a fastws server given redis_proxy.url as its Redis
+        redis_proxy.wait_for_pubsub()       # it has subscribed through the proxy
+        assert redis_proxy.deafen() == 1    # its subscription goes silent, the connection stays
+        redis_server.client().publish("channel", "lost")
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import concurrent.futures
 import os
 import random
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-__all__ = ["RedisServer", "RedisServerError", "RedisServerMissing", "redis_server_binary"]
+__all__ = ["FaultProxy", "RedisServer", "RedisServerError", "RedisServerMissing", "redis_server_binary"]
 
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT = 10.0
 INSTALL_HINT = "install the Debian package redis-server (apt-get install -y redis-server)"
+
+_T = TypeVar("_T")
 
 
 class RedisServerError(RuntimeError):
@@ -382,3 +401,388 @@ class RedisServer:
     def reset_stats(self) -> None:
         """CONFIG RESETSTAT: the command statistics start again from zero."""
         _raw_command(self.port, "CONFIG", "RESETSTAT")
+
+
+# --- the fault-injecting proxy -----------------------------------------------------------------
+
+PUBSUB_COMMANDS = frozenset({b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE"})
+
+
+class _CommandNames:
+    """Reads the names of the commands a client sends, incrementally, from the byte stream.
+
+    RESP arrays of bulk strings (what client libraries send) and inline commands (``PING\\r\\n``).
+    Arguments are skipped, not buffered. On a protocol error it gives up (``broken``): Redis
+    closes such a connection anyway.
+    """
+
+    MAX_LINE = 64 * 1024
+    MAX_NAME = 64
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._left = 0          # array elements still to read in the current command
+        self._name_wanted = False
+        self._bulk: int | None = None  # size of the bulk string being read (+2 for CRLF)
+        self._keep = False      # whether that bulk string is the command name
+        self.broken = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The names of the commands completed (at least up to their name) by these bytes, upper case."""
+        if self.broken:
+            return []
+        buf = self._buf
+        buf += data
+        names: list[bytes] = []
+        pos = 0
+        try:
+            while True:
+                if self._bulk is not None:
+                    if self._keep:
+                        if len(buf) - pos < self._bulk:
+                            break
+                        names.append(bytes(buf[pos:pos + self._bulk - 2]).upper())
+                        pos += self._bulk
+                        self._bulk = None
+                    else:
+                        taken = min(self._bulk, len(buf) - pos)
+                        pos += taken
+                        self._bulk -= taken
+                        if self._bulk:
+                            break
+                        self._bulk = None
+                    self._left -= 1
+                    continue
+                line_end = buf.find(b"\n", pos)
+                if line_end < 0:
+                    if len(buf) - pos > self.MAX_LINE:
+                        raise ValueError("line too long")
+                    break
+                line = bytes(buf[pos:line_end]).rstrip(b"\r")
+                pos = line_end + 1
+                if self._left > 0:  # inside an array: a bulk string header
+                    if line[:1] != b"$":
+                        raise ValueError("expected a bulk string")
+                    size = int(line[1:])
+                    if size < 0:
+                        raise ValueError("null bulk string in a command")
+                    self._keep = self._name_wanted and size <= self.MAX_NAME
+                    if self._name_wanted and not self._keep:
+                        names.append(b"")  # a name too long to be a command: not one we look for
+                    self._name_wanted = False
+                    self._bulk = size + 2
+                elif line[:1] == b"*":
+                    self._left = int(line[1:])
+                    self._name_wanted = self._left > 0
+                else:  # an inline command
+                    words = line.split()
+                    if words:
+                        names.append(words[0].upper())
+        except ValueError:
+            self.broken = True
+            buf.clear()
+            return names
+        del buf[:pos]
+        return names
+
+
+class _Connection:
+    __slots__ = ("client", "upstream", "parser", "pubsub", "deaf", "closed")
+
+    def __init__(self, client: asyncio.StreamWriter) -> None:
+        self.client = client
+        self.upstream: asyncio.StreamWriter | None = None
+        self.parser = _CommandNames()
+        self.pubsub = False
+        self.deaf = False
+        self.closed = False
+
+
+def _abort(writer: asyncio.StreamWriter | None) -> None:
+    """Close a connection abruptly: a TCP reset, unsent data dropped."""
+    if writer is None or writer.transport.is_closing():
+        return
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    writer.transport.abort()
+
+
+class FaultProxy:
+    """A TCP proxy on a free loopback port in front of a Redis server, with faults on demand.
+
+    Runs its own asyncio loop (the standard library's) in its own thread. Each method runs on
+    that loop and returns once it has taken effect; all are safe to call from any thread.
+    A connection becomes "pubsub" when the client sends SUBSCRIBE, PSUBSCRIBE or SSUBSCRIBE
+    (and stays so); the proxy classifies it before forwarding that command.
+    """
+
+    def __init__(self, upstream: RedisServer | tuple[str, int], *, name: str = "redis") -> None:
+        if isinstance(upstream, RedisServer):
+            server = upstream
+            self._upstream: Callable[[], tuple[str, int]] = lambda: (HOST, server.port)
+        else:
+            address = (upstream[0], int(upstream[1]))
+            self._upstream = lambda: address
+        self._name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._port: int | None = None
+        self._conns: set[_Connection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._blocked = False
+        self._accepted = 0
+        self._pubsub = 0
+        self._counts = threading.Condition()
+        self._clients: list[redis.Redis] = []
+        self.errors: list[BaseException] = []  # anything unexpected inside the proxy; fixtures assert it is empty
+
+    # --- state -----------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("the proxy has not been started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    @property
+    def connections(self) -> int:
+        """Connections accepted since start, including those block() closed at once."""
+        with self._counts:
+            return self._accepted
+
+    @property
+    def pubsub_connections(self) -> int:
+        """Open connections classified as pubsub."""
+        with self._counts:
+            return self._pubsub
+
+    def wait_for_pubsub(self, count: int = 1, timeout: float = 5.0) -> None:
+        """Wait until at least `count` pubsub connections are open; AssertionError after `timeout`."""
+        with self._counts:
+            if not self._counts.wait_for(lambda: self._pubsub >= count, timeout):
+                raise AssertionError(
+                    f"{self._pubsub} pubsub connection(s) through the proxy after {timeout:g} s, expected {count}"
+                )
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """A sync redis-py client connecting through the proxy, closed by close(); defaults as RedisServer.client()."""
+        client = _sync_client(self.port, kwargs)
+        self._clients.append(client)
+        return client
+
+    def __repr__(self) -> str:
+        return f"<FaultProxy {HOST}:{self._port} -> {self._name}>"
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> FaultProxy:
+        if self._thread is not None:
+            raise RuntimeError(f"{self!r} was already started")
+        self._loop = asyncio.SelectorEventLoop()  # the stdlib's, whatever the test's loop policy
+        self._thread = threading.Thread(target=self._run, name=f"FaultProxy-{self._name}", daemon=True)
+        self._thread.start()
+        self._port = self._submit(self._listen())
+        return self
+
+    def close(self) -> None:
+        """Stop listening, close every connection abruptly and stop the thread. Idempotent."""
+        for client in self._clients:
+            client.close()
+        self._clients.clear()
+        if self._loop is None or self._thread is None or self._loop.is_closed():
+            return
+        if self._thread.is_alive():
+            self._submit(self._shutdown())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    def __enter__(self) -> FaultProxy:
+        if self._thread is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- faults ----------------------------------------------------------------------------
+
+    def deafen(self) -> int:
+        """Drop, from now on, what Redis sends to each open pubsub connection; returns how many.
+
+        The connections stay open and what their clients send still reaches Redis. Connections
+        made later, and open ones that subscribe only later, are not affected.
+        """
+        def apply() -> int:
+            deafened = [conn for conn in self._conns if conn.pubsub]
+            for conn in deafened:
+                conn.deaf = True
+            return len(deafened)
+        return self._call(apply)
+
+    def heal(self) -> int:
+        """Undo deafen() for every connection (what was dropped stays lost); returns how many were deaf."""
+        def apply() -> int:
+            healed = [conn for conn in self._conns if conn.deaf]
+            for conn in healed:
+                conn.deaf = False
+            return len(healed)
+        return self._call(apply)
+
+    def sever(self) -> int:
+        """Close every proxied connection abruptly (a reset on both sides); returns how many.
+
+        New connections are accepted and forwarded as before (unless block() says otherwise).
+        """
+        def apply() -> int:
+            severed = list(self._conns)
+            for conn in severed:
+                self._drop(conn)
+                _abort(conn.client)
+                _abort(conn.upstream)
+            return len(severed)
+        return self._call(apply)
+
+    def block(self) -> None:
+        """Accept new connections and close them at once (open ones are left alone)."""
+        self._call(lambda: setattr(self, "_blocked", True))
+
+    def unblock(self) -> None:
+        self._call(lambda: setattr(self, "_blocked", False))
+
+    # --- the loop's side -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        assert self._loop is not None
+        asyncio.set_event_loop(self._loop)
+        self._loop.set_exception_handler(self._on_loop_error)
+        self._loop.run_forever()
+
+    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        self.errors.append(context.get("exception") or RuntimeError(context.get("message", "loop error")))
+
+    def _submit(self, coro: Any, timeout: float = 5.0) -> Any:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _call(self, function: Callable[[], _T], timeout: float = 5.0) -> _T:
+        """Run `function` on the proxy's loop and return its result."""
+        if self._loop is None or self._loop.is_closed() or self._server is None:
+            raise RuntimeError(f"{self!r} is not running")
+        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(function())
+            except BaseException as error:  # handed to the caller
+                future.set_exception(error)
+
+        self._loop.call_soon_threadsafe(run)
+        return future.result(timeout)
+
+    async def _listen(self) -> int:
+        self._server = await asyncio.start_server(self._handle, HOST, 0)
+        return self._server.sockets[0].getsockname()[1]
+
+    async def _shutdown(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for conn in list(self._conns):
+            self._drop(conn)
+            _abort(conn.client)
+            _abort(conn.upstream)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _drop(self, conn: _Connection) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        self._conns.discard(conn)
+        if conn.pubsub:
+            with self._counts:
+                self._pubsub -= 1
+                self._counts.notify_all()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        with self._counts:
+            self._accepted += 1
+        conn = _Connection(writer)
+        try:
+            if self._blocked:
+                writer.close()
+                return
+            self._conns.add(conn)
+            try:
+                up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(*self._upstream()), 5.0)
+            except (OSError, asyncio.TimeoutError):
+                _abort(writer)  # Redis is down: so is the connection through the proxy
+                return
+            conn.upstream = up_writer
+            if conn.closed:  # severed while connecting
+                _abort(writer)
+                _abort(up_writer)
+                return
+            pumps = [asyncio.ensure_future(self._to_redis(conn, reader, up_writer)),
+                     asyncio.ensure_future(self._to_client(conn, up_reader, writer))]
+            try:
+                await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for pump in pumps:
+                    pump.cancel()
+                await asyncio.gather(*pumps, return_exceptions=True)
+            for side in (writer, up_writer):  # one side closed: close the other, sending what is buffered
+                if not side.transport.is_closing():
+                    side.close()
+        except asyncio.CancelledError:
+            pass
+        except Exception as error:  # a bug here must not pass unnoticed
+            self.errors.append(error)
+        finally:
+            self._drop(conn)
+            if not writer.transport.is_closing():
+                _abort(writer)
+            if conn.upstream is not None and not conn.upstream.transport.is_closing():
+                _abort(conn.upstream)
+            self._tasks.discard(task)
+
+    async def _to_redis(self, conn: _Connection, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                if not conn.pubsub and not conn.closed and PUBSUB_COMMANDS.intersection(conn.parser.feed(data)):
+                    conn.pubsub = True
+                    conn.parser = _CommandNames()  # no longer needed: let go of its buffer
+                    with self._counts:
+                        self._pubsub += 1
+                        self._counts.notify_all()
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+
+    async def _to_client(self, conn: _Connection, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                if conn.deaf:
+                    continue
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass

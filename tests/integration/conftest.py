@@ -1,4 +1,4 @@
-"""Fixtures of the integration tests: real redis-server processes.
+"""Fixtures of the integration tests: real redis-server processes and a fault-injecting proxy.
 
 They fail (never skip) without redis-server: install the Debian package redis-server.
 """
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.redisutil import RedisServer
+from tests.redisutil import FaultProxy, RedisServer
 
 
 @pytest.fixture
@@ -33,3 +33,14 @@ def redis_pair() -> Iterator[tuple[RedisServer, RedisServer]]:
     finally:
         first.stop()
         second.stop()
+
+
+@pytest.fixture
+def redis_proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
+    """A FaultProxy in front of `redis_server`; the test fails if the proxy itself hit an error."""
+    proxy = FaultProxy(redis_server).start()
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+    assert not proxy.errors, f"errors inside the FaultProxy: {proxy.errors!r}"

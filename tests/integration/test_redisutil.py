@@ -1,16 +1,17 @@
-"""tests/redisutil.py against a real redis-server: the server's lifecycle."""
+"""tests/redisutil.py against a real redis-server: the server's lifecycle and the proxy's faults."""
 
 from __future__ import annotations
 
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.redisutil import RedisServer, RedisServerMissing
+from tests.redisutil import FaultProxy, RedisServer, RedisServerMissing, _CommandNames
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -21,6 +22,40 @@ def refused(port: int) -> bool:
     except ConnectionRefusedError:
         return True
     return False
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met within the timeout"
+        time.sleep(0.01)
+
+
+def subscribed(client: redis.Redis, *channels: str) -> redis.client.PubSub:
+    """A PubSub of `client` subscribed to `channels`, once Redis has confirmed each."""
+    pubsub = client.pubsub()
+    pubsub.subscribe(*channels)
+    for channel in channels:
+        message = pubsub.get_message(timeout=2.0)
+        assert message is not None and message["type"] == "subscribe", message
+        assert message["channel"] == channel
+    return pubsub
+
+
+def messages(pubsub: redis.client.PubSub, wait: float) -> list[str]:
+    """The data of the messages `pubsub` receives within `wait` seconds (the first may end the wait early)."""
+    received = []
+    deadline = time.monotonic() + wait
+    while (left := deadline - time.monotonic()) > 0:
+        message = pubsub.get_message(timeout=left, ignore_subscribe_messages=True)
+        if message is not None:
+            received.append(message["data"])
+    return received
+
+
+def next_message(pubsub: redis.client.PubSub, timeout: float = 2.0) -> str | None:
+    message = pubsub.get_message(timeout=timeout, ignore_subscribe_messages=True)
+    return None if message is None else message["data"]
 
 
 # --- RedisServer -----------------------------------------------------------------------------
@@ -136,3 +171,173 @@ def test_redis_pair_is_two_independent_servers(redis_pair: tuple[RedisServer, Re
     first.client().set("key", "first")
     assert second.client().get("key") is None
     assert first.client().get("key") == "first"
+
+
+# --- the command-name reader -----------------------------------------------------------------
+
+
+def test_command_names_are_read_across_chunks_and_pipelines() -> None:
+    big = b"x" * 200_000
+    stream = (
+        b"*2\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n"
+        b"*3\r\n$7\r\nPUBLISH\r\n$9\r\nSUBSCRIBE\r\n$200000\r\n" + big + b"\r\n"
+        b"PING\r\n"
+        b"*1\r\n$10\r\nPSUBSCRIBE\r\n"
+    )
+    expected = [b"SUBSCRIBE", b"PUBLISH", b"PING", b"PSUBSCRIBE"]
+    whole = _CommandNames()
+    assert whole.feed(stream) == expected
+    one_by_one = _CommandNames()
+    names = []
+    for index in range(len(stream)):
+        names += one_by_one.feed(stream[index:index + 1])
+    assert names == expected
+    assert len(one_by_one._buf) == 0 and not one_by_one.broken
+
+
+def test_command_names_give_up_on_a_protocol_error() -> None:
+    reader = _CommandNames()
+    assert reader.feed(b"*2\r\n:1\r\n") == []
+    assert reader.broken
+    assert reader.feed(b"*1\r\n$9\r\nSUBSCRIBE\r\n") == []
+
+
+# --- FaultProxy ------------------------------------------------------------------------------
+
+
+def test_proxy_forwards_commands(redis_server: RedisServer, redis_proxy: FaultProxy) -> None:
+    assert redis_proxy.url == f"redis://127.0.0.1:{redis_proxy.port}/0"
+    assert redis_proxy.port != redis_server.port
+    through = redis_proxy.client()
+    assert through.set("key", "value") is True
+    assert redis_server.client().get("key") == "value"
+    pipe = through.pipeline(transaction=False)
+    for index in range(100):
+        pipe.rpush("list", "x" * index * 100)
+    pipe.lrange("list", 0, -1)
+    assert len(pipe.execute()[-1]) == 100
+    assert redis.Redis.from_url(redis_proxy.url, socket_timeout=2).ping() is True
+    assert redis_proxy.connections == 2
+    assert redis_proxy.pubsub_connections == 0
+
+
+def test_proxy_classifies_every_subscribe_command_case_insensitively(
+    redis_server: RedisServer, redis_proxy: FaultProxy
+) -> None:
+    plain = socket.create_connection(("127.0.0.1", redis_proxy.port), timeout=2)
+    plain.sendall(b"*3\r\n$3\r\nSET\r\n$9\r\nsubscribe\r\n$10\r\nPSUBSCRIBE\r\n")  # the names as arguments only
+    assert plain.recv(100) == b"+OK\r\n"
+    sockets = [plain]
+    for expected, request in enumerate(
+        [b"*2\r\n$9\r\nsubscribe\r\n$1\r\na\r\n", b"psubscribe a*\r\n", b"*2\r\n$10\r\nSsUbScRiBe\r\n$1\r\nb\r\n"],
+        start=1,
+    ):
+        sock = socket.create_connection(("127.0.0.1", redis_proxy.port), timeout=2)
+        sockets.append(sock)
+        sock.sendall(request)
+        assert b"subscribe" in sock.recv(100)  # Redis confirmed: the proxy had classified it before forwarding
+        assert redis_proxy.pubsub_connections == expected
+    redis_proxy.wait_for_pubsub(3, timeout=0.1)
+    with pytest.raises(AssertionError, match="expected 4"):
+        redis_proxy.wait_for_pubsub(4, timeout=0.1)
+    sockets.pop().close()
+    eventually(lambda: redis_proxy.pubsub_connections == 2)  # closed ones are no longer counted
+    for sock in sockets:
+        sock.close()
+
+
+def test_deafen_silences_existing_pubsub_connections_only(
+    redis_server: RedisServer, redis_proxy: FaultProxy
+) -> None:
+    direct = redis_server.client()
+    deaf = subscribed(redis_proxy.client(), "news")
+    assert redis_proxy.pubsub_connections == 1
+    assert direct.publish("news", "one") == 1
+    assert next_message(deaf) == "one"
+
+    assert redis_proxy.deafen() == 1
+    assert direct.publish("news", "two") == 1  # Redis still has the subscriber
+    deaf.ping()  # the client keeps sending; the answer is dropped too
+    assert messages(deaf, 0.5) == []
+    assert redis_proxy.client().ping() is True  # connections that did not subscribe are unaffected
+
+    fresh = subscribed(redis_proxy.client(), "news")  # made after deafen(): hears
+    assert redis_proxy.pubsub_connections == 2
+    assert direct.publish("news", "three") == 2
+    assert next_message(fresh) == "three"
+    assert messages(deaf, 0.3) == []
+
+    assert redis_proxy.heal() == 1
+    assert direct.publish("news", "four") == 2
+    assert next_message(fresh) == "four"
+    assert messages(deaf, 0.3) == ["four"]  # what was dropped while deaf stays lost
+
+
+def test_sever_breaks_open_connections_and_new_ones_work(
+    redis_server: RedisServer, redis_proxy: FaultProxy
+) -> None:
+    # one connection held by the client: a pooled one that the peer closed is silently replaced
+    # by redis-py before it is used (ConnectionPool.get_connection checks can_read())
+    client = redis_proxy.client(single_connection_client=True)
+    client.set("key", "value")
+    pubsub = subscribed(redis_proxy.client(), "news")
+    raw = socket.create_connection(("127.0.0.1", redis_proxy.port), timeout=2)
+    raw.sendall(b"PING\r\n")
+    assert raw.recv(100) == b"+PONG\r\n"
+    assert redis_proxy.sever() == 3
+    assert redis_proxy.pubsub_connections == 0
+    with pytest.raises(ConnectionResetError):  # abruptly: a reset, not an orderly close
+        raw.recv(100)
+    raw.close()
+    with pytest.raises(redis.ConnectionError):
+        client.get("key")
+    with pytest.raises(redis.ConnectionError):
+        pubsub.get_message(timeout=1.0)
+    pubsub.close()  # redis-py has reconnected it (and subscribed again) before raising
+    assert redis_proxy.client().get("key") == "value"
+    assert client.get("key") == "value"  # a new connection on the next use
+    fresh = subscribed(redis_proxy.client(), "news")  # held: a PubSub collected closes its connection
+    eventually(lambda: redis_proxy.pubsub_connections == 1)
+    assert redis_server.client().pubsub_numsub("news") == [("news", 1)]
+    fresh.close()
+
+
+def test_block_closes_new_connections_until_unblock(redis_server: RedisServer, redis_proxy: FaultProxy) -> None:
+    before = redis_proxy.client()
+    assert before.ping() is True
+    redis_proxy.block()
+    accepted = redis_proxy.connections
+    blocked = redis_proxy.client()
+    with pytest.raises(redis.ConnectionError):
+        blocked.ping()
+    assert redis_proxy.connections > accepted  # accepted, then closed
+    assert before.ping() is True  # the open connection was left alone
+    redis_proxy.unblock()
+    assert blocked.ping() is True
+
+
+def test_proxy_follows_the_server_through_kill_and_restart(
+    redis_server: RedisServer, redis_proxy: FaultProxy
+) -> None:
+    client = redis_proxy.client()
+    client.set("key", "value")
+    redis_server.kill()
+    with pytest.raises(redis.ConnectionError):
+        client.get("key")
+    with pytest.raises(redis.ConnectionError):  # the proxy accepts, finds Redis down and closes
+        redis_proxy.client().ping()
+    redis_server.restart()
+    assert client.get("key") is None
+    assert client.set("key", "again") is True
+
+
+def test_proxy_close_is_idempotent_and_refuses_afterwards(redis_server: RedisServer) -> None:
+    with FaultProxy(redis_server) as proxy:
+        client = proxy.client()
+        assert client.ping() is True
+        port = proxy.port
+    assert refused(port)
+    proxy.close()
+    with pytest.raises(RuntimeError, match="not running"):
+        proxy.deafen()
+    assert not proxy.errors
