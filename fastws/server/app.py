@@ -22,7 +22,7 @@ from ..assets import StaticFiles
 from ..channels import validate_tenant_id, validate_user_id
 from ..config import Settings
 from ..core import IMPLEMENTATION
-from ..exceptions import ProtocolError
+from ..exceptions import ConfigError, ProtocolError
 from ..messages import decode_position, decode_query_filters
 from ..hub import Hub
 from ..rest import Request, Response, RestAPI, error_response
@@ -119,8 +119,11 @@ class Server:
     async def _join_cluster(self) -> None:
         """Use the cluster's Redis (fastws.server.redis_broker) as the hub's broker, and share flags,
         rows and commands with the other hosts (fastws.server.cluster_plane)."""
-        from .cluster_plane import ClusterPlane
-        from .redis_broker import RedisBroker
+        try:
+            from .cluster_plane import ClusterPlane
+            from .redis_broker import RedisBroker
+        except ImportError as exc:  # redis-py is an extra: pip install 'fastws[redis]'
+            raise ConfigError(f"--broker needs redis-py: pip install 'fastws[redis]' ({exc})") from None
 
         control = self.control
         broker = RedisBroker(self.settings, self.hub, self.host_id, control.worker,

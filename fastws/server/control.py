@@ -126,6 +126,11 @@ class WorkerControl:
         at most ``timeout``, until no other live worker of the host still takes publishes, then
         deliver everything in the shared log, so every acknowledged publish reaches every connected
         subscriber before its close."""
+        if self.cluster is not None:
+            # with Redis: what this worker published is answered, and what Redis published before
+            # now (from any host) has reached this worker's subscribers
+            await self.server.hub.broker.barrier(timeout)  # type: ignore[attr-defined]
+            return
         if self.broker is None:
             return
         loop = asyncio.get_running_loop()

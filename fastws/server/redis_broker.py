@@ -167,6 +167,8 @@ class _Shard:
         self.canary_seen = True
         self.reader: asyncio.Task | None = None
         self.deaf = False
+        #: barrier probes that came back (RedisBroker.barrier)
+        self.barrier_seen = 0
 
 
 class RedisBroker:
@@ -253,6 +255,31 @@ class RedisBroker:
             await shard.client.aclose()
         for publish in list(self._waiting.values()):
             self._answer(publish, 0, ProtocolError(codes.SERVICE_UNAVAILABLE, "the server is shutting down"))
+
+    async def barrier(self, timeout: float) -> bool:
+        """Wait (at most ``timeout``) until this worker's publishes are answered and everything
+        Redis published before now has reached this worker: a probe on each shard's canary comes
+        back after every message Redis sent the connection before it. For a draining worker, so
+        its subscribers get every acknowledged event before their close."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._waiting and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        marks = {}
+        for shard in self.shards:
+            if shard.connected:
+                marks[shard.index] = shard.barrier_seen
+                try:
+                    await asyncio.wait_for(
+                        shard.client.publish(self.keys.canary(self.host_id, self.worker), b"barrier"),
+                        max(0.01, deadline - loop.time()))
+                except (RedisError, OSError, asyncio.TimeoutError):
+                    return False
+        while loop.time() < deadline:
+            if all(self.shards[index].barrier_seen > seen for index, seen in marks.items()):
+                return True
+            await asyncio.sleep(0.005)
+        return False
 
     def _spawn(self, coroutine: Awaitable[Any]) -> asyncio.Task:
         task = asyncio.ensure_future(coroutine)
@@ -544,6 +571,9 @@ class RedisBroker:
             if watch is not None:
                 self._on_event(watch, decode_message(message["data"]))
             elif channel == self._canary_bytes:
+                if message["data"] == b"barrier":
+                    shard.barrier_seen += 1
+                    return
                 shard.canary_seen = True
                 self.stats.canary_ms = round((time.monotonic() - shard.canary_sent) * 1000, 3)
             elif channel == self._control_bytes and self.on_control is not None:
