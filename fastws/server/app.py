@@ -123,7 +123,8 @@ class Server:
             from .cluster_plane import ClusterPlane
             from .redis_broker import RedisBroker
         except ImportError as exc:  # redis-py is an extra: pip install 'fastws[redis]'
-            raise ConfigError(f"--broker needs redis-py: pip install 'fastws[redis]' ({exc})") from None
+            raise ConfigError(f"--broker needs redis-py: pip install 'fastws[redis]' "
+                              f"(from a clone: pip install '.[redis]') ({exc})") from None
 
         control = self.control
         broker = RedisBroker(self.settings, self.hub, self.host_id, control.worker,
