@@ -89,6 +89,12 @@ def _serve(args: argparse.Namespace) -> int:
         workers = (os.cpu_count() or 1) if args.workers is None else args.workers
         if workers < 0:
             raise ConfigError("--workers must be 0 (no supervisor) or more")
+        if settings.broker:
+            try:
+                import redis.asyncio  # noqa: F401
+            except ImportError:
+                raise ConfigError("--broker needs redis-py: pip install 'fastws[redis]' "
+                                  "(from a clone: pip install '.[redis]')") from None
     except ConfigError as exc:
         print(f"fastws: {exc}", file=sys.stderr)
         return 2
