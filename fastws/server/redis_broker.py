@@ -531,9 +531,14 @@ class RedisBroker:
                     watch.subscribed = False
                     if watch.epoch is not None:
                         watch.queue = watch.queue if watch.queue is not None else []
-                await asyncio.wait_for(pubsub.subscribe(*fixed, *(w.redis_channel for w in shard.watches.values())),
-                                       self.timeout)
+                sent = [w.redis_channel for w in shard.watches.values()]
+                await asyncio.wait_for(pubsub.subscribe(*fixed, *sent), self.timeout)
                 shard.connected = True
+                # channels watched while the subscription above was on its way
+                sent_set = set(sent)
+                late = [w.redis_channel for w in shard.watches.values() if w.redis_channel not in sent_set]
+                if late:
+                    await asyncio.wait_for(pubsub.subscribe(*late), self.timeout)
                 self.stats.connected = sum(s.connected for s in self.shards)
                 if not first:
                     self.stats.reconnects += 1
