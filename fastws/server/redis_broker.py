@@ -71,7 +71,7 @@ CANARY_INTERVAL = 1.0
 CANARY_TIMEOUT = 2.0
 #: reconnect backoff: first wait, doubling to the most
 BACKOFF_START, BACKOFF_MAX = 0.05, 2.0
-#: events in one script call at most
+#: events in one script call at most (a group, one REST batch, is never split: it may pass this)
 MAX_BATCH = 512
 #: events a gap repair reads at most; past it the rest of the gap is reported missed
 MAX_REPAIR = 10_000
@@ -366,12 +366,12 @@ class RedisBroker:
         queue = shard.queue
         taken = 0
         for publish in queue:
+            if len(batch) >= MAX_BATCH and publish.args[2] != batch[-1].args[2]:
+                break  # full, and not in the middle of a group (a REST batch goes in one call)
             taken += 1
             if publish.answered:
                 continue  # timed out while queued: never sent
             batch.append(publish)
-            if len(batch) >= MAX_BATCH:
-                break
         del queue[:taken]
         if not batch:
             return
