@@ -193,18 +193,20 @@ def record_of(message: Message, frame: bytes) -> Record:
 #: events of one or more channels, in groups: a group (a REST batch, or one WebSocket publish) is
 #: refused whole when it would start more streams than its tenant may have.
 #: KEYS: meta, stream, tenant channels of each event (3 per event), then P:held.
-#: ARGV: now, ttl, max events, max bytes, max channels per tenant, then 4 per event:
-#:   pub/sub channel, a candidate epoch (used if the stream starts now), group, tail.
+#: ARGV: now, ttl, max events, max bytes, max channels per tenant, a random epoch for the streams
+#:   this call starts (an epoch need only be new for its channel), then 3 per event:
+#:   pub/sub channel, group, tail.
 #: Returns, per event, its offset, or 0 for a group refused (too_many_channels).
 PUBLISH_SCRIPT = """
 local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local maxn, maxb, maxc = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local n = (#ARGV - 5) / 4
+local n = (#ARGV - 6) / 3
+local candidate = ARGV[6]
 local held = KEYS[#KEYS]
 local refused, new, seen, purged = {}, {}, {}, {}
 for i = 0, n - 1 do
   local meta, zset = KEYS[3 * i + 1], KEYS[3 * i + 3]
-  local group = ARGV[5 + 4 * i + 3]
+  local group = ARGV[6 + 3 * i + 2]
   if not seen[group .. meta] then
     seen[group .. meta] = true
     if redis.call('EXISTS', meta) == 0 then
@@ -218,23 +220,23 @@ for i = 0, n - 1 do
     end
   end
 end
-local result = {}
+local result, touched = {}, {}
 local added = 0
 for i = 0, n - 1 do
   local meta, stream, zset = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
-  local base = 5 + 4 * i
-  if refused[ARGV[base + 3]] then
+  local base = 6 + 3 * i
+  if refused[ARGV[base + 2]] then
     result[i + 1] = 0
   else
     local epoch = redis.call('HGET', meta, 'e')
     if not epoch then
-      epoch = ARGV[base + 2]
+      epoch = candidate
       added = added - redis.call('XLEN', stream)
       redis.call('DEL', stream)
       redis.call('HSET', meta, 'e', epoch, 'o', 0, 'b', 0)
     end
     local offset = redis.call('HINCRBY', meta, 'o', 1)
-    local tail = ARGV[base + 4]
+    local tail = ARGV[base + 3]
     redis.call('XADD', stream, offset .. '-0', 'm', tail)
     added = added + 1
     local bytes = redis.call('HINCRBY', meta, 'b', #tail)
@@ -249,13 +251,16 @@ for i = 0, n - 1 do
       end
       redis.call('HSET', meta, 'b', bytes)
     end
-    redis.call('PEXPIRE', meta, ttl)
-    redis.call('PEXPIRE', stream, ttl)
-    redis.call('ZADD', zset, now, meta)
-    redis.call('PEXPIRE', zset, ttl)
+    touched[meta] = {stream, zset}
     redis.call('PUBLISH', ARGV[base + 1], offset .. ' ' .. epoch .. ' ' .. tail)
     result[i + 1] = offset
   end
+end
+for meta, keys in pairs(touched) do
+  redis.call('PEXPIRE', meta, ttl)
+  redis.call('PEXPIRE', keys[1], ttl)
+  redis.call('ZADD', keys[2], now, meta)
+  redis.call('PEXPIRE', keys[2], ttl)
 end
 if added ~= 0 then redis.call('INCRBY', held, added) end
 return result

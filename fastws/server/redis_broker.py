@@ -320,7 +320,7 @@ class RedisBroker:
         sequence = next(self._sequence)
         tail = encode_tail(time.time(), event.priority, event.event_type, event.source, event.publisher,
                            event.target_user, self.tag, sequence, event.payload)
-        publish = _Publish(keys, [redis_channel, new_epoch(), group or sequence, tail], done,
+        publish = _Publish(keys, [redis_channel, group or sequence, tail], done,
                            time.monotonic() + self.timeout, sequence)
         self._waiting[sequence] = publish
         shard.queue.append(publish)
@@ -366,7 +366,7 @@ class RedisBroker:
         queue = shard.queue
         taken = 0
         for publish in queue:
-            if len(batch) >= MAX_BATCH and publish.args[2] != batch[-1].args[2]:
+            if len(batch) >= MAX_BATCH and publish.args[1] != batch[-1].args[1]:
                 break  # full, and not in the middle of a group (a REST batch goes in one call)
             taken += 1
             if publish.answered:
@@ -378,7 +378,7 @@ class RedisBroker:
         limits = self.settings.limits
         keys: list[str] = []
         args: list[Any] = [int(time.time() * 1000), self.ttl_ms, limits.history_size, limits.history_bytes,
-                           limits.max_channels_per_tenant]
+                           limits.max_channels_per_tenant, new_epoch()]
         for publish in batch:
             keys.extend(publish.keys)
             args.extend(publish.args)
