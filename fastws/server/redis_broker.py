@@ -602,13 +602,18 @@ class RedisBroker:
         if self.on_latency is not None:
             self.on_latency(time.time() - message.published_at)
 
-    def _reset(self, watch: _Watch, epoch: str) -> None:
+    def _reset(self, watch: _Watch, epoch: str | None, last: int = 0) -> None:
         """The channel's stream restarted (Redis lost it): its subscribers' positions mean nothing
-        now. They are closed with 4009, resume, and are answered recovered:false."""
+        now. They are closed with 4009, resume, and are answered recovered:false.
+
+        The watch follows the stream as Redis has it now: ``epoch`` and ``last``, the position a
+        resume is answered from, so no event at or before it is delivered afterwards; or, when
+        Redis has no stream for the channel yet (``epoch`` None), the epoch that the next position
+        read or message brings (the stream the resuming subscribers are given)."""
         log.warning("the stream of %s restarted (epoch %s, was %s): closing its subscribers with 4009",
                     watch.channel, epoch, watch.epoch)
         self.stats.resets += 1
-        watch.epoch, watch.last = epoch, 0
+        watch.epoch, watch.last = epoch, last
         if self.on_reset is not None:
             self.on_reset(watch.channel)
 
@@ -633,7 +638,7 @@ class RedisBroker:
             epoch = reply[0].decode() if reply[0] else None
             if epoch != watch.epoch:
                 if epoch is not None or until is not None or watch.last:
-                    self._reset(watch, epoch or new_epoch())
+                    self._reset(watch, epoch, int(reply[1]))
             else:
                 last, first = int(reply[1]), int(reply[2])
                 end = last if until is None else min(until, last)
