@@ -1,0 +1,416 @@
+"""Several hosts over Redis: two `fastws serve --workers 2` processes sharing real redis-servers.
+
+Each test starts its own redis-server(s) (tests/redisutil.py, persistence
+off) and two hosts given the same ``--broker`` and ``--redis-prefix``, on
+loopback; clients reach every worker of both hosts (the welcome names the
+worker). What is checked is what docs/protocol.md and the cluster modules
+(fastws/cluster.py, fastws/server/redis_broker.py, cluster_plane.py) promise
+with ``--broker redis://...``: one order and one (offset, epoch) numbering
+per channel on every host, recovery and history on any host, flags, status
+and DELETE across hosts, tenants and deployments kept apart, and what a
+client sees while Redis is killed, stopped, split over two servers, or deaf:
+refusals within the broker timeout, 4009 and ``recovered:false`` for a stream
+that restarted, gaps filled from the stream or reported ``missed``, nothing
+twice.
+
+With Redis a publisher's own copy of an event may come after a later reply,
+so a ping is no barrier: tests wait for the events they expect (or for one
+published after them on the same channel).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import orjson
+import pytest
+import websockets
+
+from tests.cluster_util import Cluster
+from tests.helpers import Client
+from tests.redisutil import RedisServer
+
+pytestmark = [pytest.mark.uvloop_only, pytest.mark.timeout(45)]
+
+#: a publish refused while Redis does not answer is answered within broker_timeout (1 s) and some slack
+REFUSAL_BOUND = 1.5
+#: a flag change reaches every worker of every host within this
+FLAG_BOUND = 0.2
+
+
+# -- hosts and clients ------------------------------------------------------------------------
+
+
+class Hosts:
+    """Hosts of one deployment (same brokers, same prefix), and the clients a test opened on them.
+
+    ``close()`` closes the clients and stops every host it started (and checks that each stopped
+    cleanly and logged no traceback)."""
+
+    def __init__(self, brokers: list[str], prefix: str) -> None:
+        self.brokers = brokers
+        self.prefix = prefix
+        self.hosts: list[Cluster] = []
+        #: hosts stopped or started besides ``hosts`` (replaced ones, other deployments)
+        self.others: list[Cluster] = []
+        self.clients: list[Client] = []
+
+    def args(self, prefix: str | None = None) -> list[str]:
+        return [arg for url in self.brokers for arg in ("--broker", url)] + ["--redis-prefix", prefix or self.prefix]
+
+    async def start(self, count: int = 2) -> "Hosts":
+        started = await asyncio.gather(*(Cluster.start(2, *self.args()) for _ in range(count)), return_exceptions=True)
+        self.hosts = [host for host in started if isinstance(host, Cluster)]
+        failed = [host for host in started if not isinstance(host, Cluster)]
+        if failed:
+            await self.close()
+            raise failed[0]
+        return self
+
+    async def replace(self, index: int) -> Cluster:
+        """Stop host ``index`` (SIGTERM: it drains) and start a new one in its place."""
+        old = self.hosts[index]
+        assert await old.stop() == 0
+        self.others.append(old)
+        self.hosts[index] = await Cluster.start(2, *self.args())
+        return self.hosts[index]
+
+    async def start_other(self, prefix: str) -> Cluster:
+        """A host of another deployment on the same Redis: another --redis-prefix."""
+        host = await Cluster.start(2, *self.args(prefix))
+        self.others.append(host)
+        return host
+
+    def __getitem__(self, index: int) -> Cluster:
+        return self.hosts[index]
+
+    async def connect(self, host: Cluster, tenant: str, user: str = "u", **query: str) -> Client:
+        client = await Client.connect(host.url, tenant, user, **query)
+        self.clients.append(client)
+        return client
+
+    async def spread(self, host: Cluster, tenant: str, count: int = 4, **query: str) -> dict[int, list[Client]]:
+        """Clients on every worker of a host (at least ``count`` in all), by worker."""
+        groups = await host.spread(tenant, count, **query)
+        for clients in groups.values():
+            self.clients.extend(clients)
+        return groups
+
+    async def everywhere(self, tenant: str, count: int = 2) -> list[Client]:
+        """Clients of ``tenant`` on every worker of every host (at least ``count`` per host)."""
+        return [client for host in self.hosts for clients in (await self.spread(host, tenant, count)).values()
+                for client in clients]
+
+    async def close(self) -> None:
+        for client in self.clients:
+            try:
+                await asyncio.wait_for(client.close(), 5)
+            except (asyncio.TimeoutError, OSError, websockets.WebSocketException):
+                pass
+        hosts = self.hosts + self.others
+        codes = await asyncio.gather(*(host.stop() for host in hosts), return_exceptions=True)
+        for host, code in zip(hosts, codes):
+            assert code == 0, f"a host did not stop cleanly ({code!r}):\n{host.text()[-3000:]}"
+            assert "Traceback" not in host.text(), host.text()
+
+
+def new_prefix() -> str:
+    return "fw" + uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+async def deployment(redis_server: RedisServer):
+    """Two hosts, each `fastws serve --workers 2`, sharing `redis_server`."""
+    hosts = await Hosts([redis_server.url], new_prefix()).start()
+    try:
+        yield hosts
+    finally:
+        await hosts.close()
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def rest_publish(host: Cluster, tenant: str, body: Any, user: str = "api") -> tuple[int, dict]:
+    return await host.http("POST", "/api/websocket", {"X-Tenant-ID": tenant, "X-User-ID": user}, body)
+
+
+async def subscribe(client: Client, channel: str, **fields: Any) -> dict:
+    ack = await client.request({"type": "subscribe", "channel": channel, **fields})
+    assert ack["type"] == "ack", ack
+    return ack
+
+
+def is_event(message: dict) -> bool:
+    return "eventType" in message and message["eventType"] != "connection"
+
+
+async def read_until(client: Client, done, timeout: float = 10.0) -> list[dict]:
+    """Messages (events, missed notices, anything) up to and including the first for which
+    ``done(message)`` holds."""
+    received: list[dict] = []
+    deadline = now() + timeout
+    while True:
+        left = deadline - now()
+        assert left > 0, f"not received in {timeout} s; got {[m.get('offset', m.get('type')) for m in received]}"
+        message = await client.recv(left)
+        received.append(message)
+        if done(message):
+            return received
+
+
+async def read_events(client: Client, channel: str, count: int, timeout: float = 10.0) -> list[dict]:
+    """The next ``count`` events of ``channel`` (other messages are checked to be no events of it)."""
+    events: list[dict] = []
+
+    def enough(message: dict) -> bool:
+        if is_event(message) and message["channel"] == channel:
+            events.append(message)
+        return len(events) >= count
+
+    if count:
+        await read_until(client, enough, timeout)
+    return events
+
+
+def until_id(event_id: str):
+    return lambda message: message.get("id") == event_id
+
+
+def events_of(messages: list[dict], channel: str) -> list[dict]:
+    return [m for m in messages if is_event(m) and m["channel"] == channel]
+
+
+def check_no_silent_gap(messages: list[dict], channel: str, after: int) -> list[int]:
+    """The offsets of ``channel``'s events in ``messages``, checked: each is the one after the
+    last, or follows a ``missed`` notice of the channel that names exactly the offsets between.
+    ``after`` is the position the stream was followed from."""
+    offsets: list[int] = []
+    last = after
+    for message in messages:
+        if message.get("type") == "missed":
+            notice = message["channels"].get(channel)
+            if notice is not None:
+                assert notice["first"] == last + 1, (notice, last)
+                last = notice["last"]
+        elif is_event(message) and message["channel"] == channel:
+            assert message["offset"] == last + 1, (
+                f"{channel}: offset {message['offset']} after {last} without a missed notice")
+            last = message["offset"]
+            offsets.append(last)
+    return offsets
+
+
+async def refused_upgrade(host: Cluster, tenant: str) -> bool:
+    """Whether a new upgrade to ``host`` is refused with 503 rolled_back (an accepted one is closed)."""
+    try:
+        client = await Client.connect(host.url, tenant, "probe")
+    except websockets.InvalidStatus as exc:
+        assert exc.response.status_code == 503, exc.response.status_code
+        assert orjson.loads(exc.response.body)["error"]["code"] == "rolled_back"
+        return True
+    await client.close()
+    return False
+
+
+async def closed_with(client: Client, timeout: float = 10.0) -> int:
+    """Read (and drop) messages until the server closes the connection; its close code."""
+    try:
+        while True:
+            await asyncio.wait_for(client.ws.recv(), timeout)
+    except websockets.ConnectionClosed:
+        pass
+    return client.ws.close_code
+
+
+async def status(host: Cluster, detailed: bool = False) -> dict:
+    code, body = await host.http("GET", "/api/websocket/status" + ("?detailed=true" if detailed else ""))
+    assert code == 200, body
+    return body["websocket"]
+
+
+# -- 1. delivery ------------------------------------------------------------------------------
+
+
+async def test_cross_host_delivery_is_exactly_once_and_in_one_order(deployment):
+    """Subscribers on both workers of both hosts; publishers on every worker of both hosts (WebSocket)
+    and on both hosts (REST, single and batch), all at once, to one channel: every subscriber gets
+    every event once, all in the same order, offsets 1..N of the one epoch the acks gave."""
+    h1, h2 = deployment[0], deployment[1]
+    tenant, channel = "ord", "orders:ord"
+    subscribers: list[tuple[str, Client]] = []
+    for name, host in (("h1", h1), ("h2", h2)):
+        for worker, clients in (await deployment.spread(host, tenant, count=6)).items():
+            subscribers += [(f"{name}/w{worker}", client) for client in clients]
+    assert len({where for where, _ in subscribers}) == 4
+    acks = [await subscribe(client, "orders", ref="s") for _, client in subscribers]
+    assert {ack["offset"] for ack in acks} == {0}
+    epochs = {ack["epoch"] for ack in acks}
+    assert len(epochs) == 1, epochs
+    # one publisher per worker (they are subscribers too: their own events come back to them)
+    publishers = {}
+    for where, client in subscribers:
+        publishers.setdefault(where, client)
+    assert len(publishers) == 4
+
+    acked: dict[str, int] = {}
+
+    async def ws_publisher(where: str, client: Client) -> list[str]:
+        ids = []
+        for n in range(15):
+            ack = await client.publish("tick", {"by": where, "n": n}, channel="orders")
+            assert ack["type"] == "ack", ack
+            assert ack["id"] not in {m.get("id") for m in client.backlog}, "the ack comes before the own copy"
+            acked[ack["id"]] = ack["offset"]
+            ids.append(ack["id"])
+        return ids
+
+    async def rest_publisher(where: str, host: Cluster) -> list[str]:
+        ids = []
+        for n in range(10):
+            code, body = await rest_publish(host, tenant, {"channel": "orders", "event": "rest", "payload": {"n": n}})
+            assert code == 200, body
+            acked[body["id"]] = body["offset"]
+            ids.append(body["id"])
+        code, body = await rest_publish(host, tenant, [{"channel": "orders", "event": "batch", "payload": {"n": n}}
+                                                       for n in range(8)])
+        assert code == 200, body
+        assert body["offsets"] == list(range(body["offsets"][0], body["offsets"][0] + 8)), "a batch is consecutive"
+        acked.update(zip(body["ids"], body["offsets"]))
+        return ids + body["ids"]
+
+    sequences = await asyncio.gather(*(ws_publisher(where, client) for where, client in publishers.items()),
+                                     rest_publisher("h1", h1), rest_publisher("h2", h2))
+    total = sum(len(ids) for ids in sequences)
+    assert total == 4 * 15 + 2 * 18 == len(acked)
+    assert sorted(acked.values()) == list(range(1, total + 1)), "acks: each offset once"
+    code, body = await rest_publish(h2, tenant, {"channel": "orders", "event": "last"})
+    assert (code, body["offset"]) == (200, total + 1)
+    sentinel = body["id"]
+
+    orders = []
+    for where, client in subscribers:
+        messages = await read_until(client, until_id(sentinel))
+        assert not [m for m in messages if m.get("type") == "missed"], where
+        events = events_of(messages, channel)
+        assert [e["offset"] for e in events] == list(range(1, total + 2)), where
+        assert all(acked[e["id"]] == e["offset"] for e in events[:-1]), where
+        orders.append([e["id"] for e in events])
+    assert all(order == orders[0] for order in orders), "subscribers saw different orders"
+    position = {event_id: index for index, event_id in enumerate(orders[0])}
+    for ids in sequences:  # each publisher's events in the order it published them
+        assert [position[i] for i in ids] == sorted(position[i] for i in ids)
+    # nothing after the sentinel: nothing was delivered twice
+    for where, client in subscribers:
+        assert not [m for m in await client.drain() if is_event(m) and m["channel"] == channel], where
+    # the one epoch, from any host
+    for host in (h1, h2):
+        code, history = await host.http("GET", "/api/websocket/history?channel=orders&limit=1000",
+                                        {"X-Tenant-ID": tenant})
+        assert code == 200 and history["epoch"] in epochs and history["offset"] == total + 1
+        assert [e["id"] for e in history["events"]] == orders[0]
+
+
+# -- 2. recovery on another host ---------------------------------------------------------------
+
+
+async def test_a_client_moving_to_another_host_recovers_exactly_what_it_missed(deployment):
+    """Subscribed on host 1 (tenant channel and a named one), disconnected, events published on
+    host 1 meanwhile; reconnecting to host 2 with since/epoch (URL for the tenant channel, subscribe
+    for the named one) gives recovered:true, exactly the missed events, then live ones."""
+    h1, h2 = deployment[0], deployment[1]
+    tenant = "mv"
+    home, notes = "tenant:mv", "notes:mv"
+    publisher = await deployment.connect(h1, tenant, "pub")
+    mover = await deployment.connect(h1, tenant, "mover")
+    tenant_epoch = mover.welcome["data"]["epoch"]
+    ack = await subscribe(mover, "notes", ref=1)
+    notes_epoch = ack["epoch"]
+
+    seen = []
+    for n in range(3):
+        seen.append((await publisher.publish("t", {"n": n}))["id"])
+        seen.append((await publisher.publish("n", {"n": n}, channel="notes"))["id"])
+    messages = await read_until(mover, until_id(seen[-1]))
+    assert [e["id"] for e in events_of(messages, home) + events_of(messages, notes)] == seen[0::2] + seen[1::2]
+    last_home = events_of(messages, home)[-1]["offset"]
+    last_notes = events_of(messages, notes)[-1]["offset"]
+    await mover.close()
+
+    missed_home = [(await publisher.publish("t", {"n": n}))["id"] for n in range(3, 7)]
+    missed_notes = []
+    for n in range(3, 7):
+        code, body = await rest_publish(h1, tenant, {"channel": "notes", "event": "n", "payload": {"n": n}})
+        assert code == 200, body
+        missed_notes.append(body["id"])
+
+    moved = await deployment.connect(h2, tenant, "mover", since=str(last_home), epoch=tenant_epoch)
+    data = moved.welcome["data"]
+    assert (data["recovered"], data["epoch"], data["offset"]) == (True, tenant_epoch, last_home + 4)
+    ack = await subscribe(moved, "notes", since=last_notes, epoch=notes_epoch, ref=2)
+    assert (ack["recovered"], ack["epoch"], ack["offset"]) == (True, notes_epoch, last_notes + 4)
+    # the welcome's replay came before the ack (request() kept it), the subscribe's after it
+    assert [m["id"] for m in moved.backlog] == missed_home
+    replay = await read_events(moved, notes, 4)
+    assert [e["id"] for e in replay] == missed_notes
+    assert [e["offset"] for e in replay] == list(range(last_notes + 1, last_notes + 5))
+
+    live_home = [(await publisher.publish("t", {"n": n}))["id"] for n in range(7, 9)]
+    live_notes = [(await publisher.publish("n", {"n": n}, channel="notes"))["id"] for n in range(7, 9)]
+    messages = await read_until(moved, until_id(live_notes[-1]))
+    assert [e["id"] for e in events_of(messages, home)] == live_home
+    assert [e["id"] for e in events_of(messages, notes)] == live_notes
+    assert [e["offset"] for e in events_of(messages, home)] == [last_home + 5, last_home + 6]
+    assert not [m for m in await moved.drain() if is_event(m)], "nothing twice"
+
+    # a position of another epoch is answered recovered:false, with no replay
+    stale = await deployment.connect(h2, tenant, "stale", since="1", epoch="0000000000000000")
+    assert (stale.welcome["data"]["recovered"], stale.welcome["data"]["offset"]) == (False, last_home + 6)
+    assert not [m for m in await stale.drain() if is_event(m)]
+
+
+# -- 3. history --------------------------------------------------------------------------------
+
+
+async def test_history_of_events_published_on_another_host(deployment):
+    """GET /api/websocket/history on host 2 lists what host 1 published, exactly as delivered."""
+    h1, h2 = deployment[0], deployment[1]
+    tenant = "hist"
+    publisher = await deployment.connect(h1, tenant, "pub")
+    watcher = await deployment.connect(h2, tenant, "bob")
+    await subscribe(watcher, "docs", ref=1)
+    ws_ids = [(await publisher.publish("e", {"n": n}))["id"] for n in range(5)]
+    code, batch = await rest_publish(h1, tenant, [{"channel": "docs", "event": "d", "payload": {"n": n}}
+                                                  for n in range(4)])
+    assert code == 200
+    code, targeted = await rest_publish(h1, tenant, {"channel": "docs", "event": "secret", "targetUserId": "bob"})
+    assert code == 200
+    delivered = await read_until(watcher, until_id(targeted["id"]))
+
+    code, body = await h2.http("GET", "/api/websocket/history", {"X-Tenant-ID": tenant})
+    assert code == 200 and body["channel"] == "tenant:hist"
+    assert (body["epoch"], body["offset"]) == (publisher.welcome["data"]["epoch"], 5)
+    assert [e["id"] for e in body["events"]] == ws_ids
+    assert body["events"] == events_of(delivered, "tenant:hist")
+
+    code, body = await h2.http("GET", "/api/websocket/history?channel=docs", {"X-Tenant-ID": tenant})
+    assert code == 200 and body["offset"] == 5
+    assert [e["id"] for e in body["events"]] == batch["ids"], "the targeted event is for bob only"
+    code, body = await h2.http("GET", "/api/websocket/history?channel=docs", {"X-Tenant-ID": tenant,
+                                                                             "X-User-ID": "bob"})
+    assert body["events"] == events_of(delivered, "docs:hist")
+    assert [e["id"] for e in body["events"]] == batch["ids"] + [targeted["id"]]
+    code, body = await h2.http("GET", "/api/websocket/history?channel=docs&since=1&limit=2", {"X-Tenant-ID": tenant})
+    assert [e["offset"] for e in body["events"]] == [2, 3]
+    # the same from host 1 and from the other worker of host 2: whoever answers
+    for host in (h1, h2, h2, h2):
+        code, again = await host.http("GET", "/api/websocket/history", {"X-Tenant-ID": tenant})
+        assert [e["id"] for e in again["events"]] == ws_ids
+    code, body = await h2.http("GET", "/api/websocket/history?channel=docs:other", {"X-Tenant-ID": tenant})
+    assert code == 403 and body["error"]["code"] == "forbidden_channel"
