@@ -375,6 +375,72 @@ async def test_a_client_moving_to_another_host_recovers_exactly_what_it_missed(d
     assert not [m for m in await stale.drain() if is_event(m)]
 
 
+async def test_joining_while_events_flow_gets_each_event_once(deployment):
+    """While host 1 publishes without pause, clients on host 2 subscribe (the ack's offset), resume
+    a named channel (since/epoch on subscribe) and resume the tenant channel (since/epoch on the
+    URL), over and over: each gets its replay, then live events from the one after its position:
+    never an event at or before the position it was given, never one twice."""
+    h1, h2 = deployment[0], deployment[1]
+    tenant, hot = "flow", "hot:flow"
+    # the channels stay watched on every worker of host 2, so each worker follows them live
+    for clients in (await deployment.spread(h2, tenant, count=2)).values():
+        for client in clients:
+            await subscribe(client, "hot", ref=1)
+    stop = asyncio.Event()
+
+    async def pump() -> None:
+        n = 0
+        while not stop.is_set():
+            channel = "hot" if n % 2 else None
+            code, body = await rest_publish(h1, tenant, {"event": "e", **({"channel": channel} if channel else {})})
+            assert code == 200, body
+            n += 1
+
+    pumps = [asyncio.ensure_future(pump()) for _ in range(4)]
+    try:
+        seed = await deployment.connect(h2, tenant, "seed")
+        # where the last client of each channel left off: the next one resumes from there
+        last = {f"tenant:{tenant}": (seed.welcome["data"]["epoch"], seed.welcome["data"]["offset"])}
+        ack = await subscribe(seed, "hot", ref=1)
+        last[hot] = (ack["epoch"], ack["offset"])
+        await seed.close()
+        started, rounds = now(), 0
+        while now() - started < 3.0:
+            mode = rounds % 3
+            if mode == 2:  # resume the tenant channel on connect
+                channel = f"tenant:{tenant}"
+                epoch, since = last[channel]
+                client = await Client.connect(h2.url, tenant, "j", since=str(since), epoch=epoch)
+                answer = client.welcome["data"]
+            else:
+                client = await Client.connect(h2.url, tenant, "j")
+                channel = hot
+                epoch, since = last[channel]
+                if mode == 1:  # resume the named channel
+                    answer = await subscribe(client, "hot", ref=1, since=since, epoch=epoch)
+                else:
+                    answer = await subscribe(client, "hot", ref=1)
+                    since = answer["offset"]
+            assert answer.get("recovered", True) is True and answer["epoch"] == epoch, answer
+            position = answer["offset"]
+            expected = position - since + 3  # the replay, then three live events
+            events: list[dict] = []
+            while len(events) < expected:
+                message = await client.recv(5)
+                if is_event(message) and message["channel"] == channel:
+                    events.append(message)
+            await client.close()
+            offsets = [e["offset"] for e in events]
+            assert offsets == list(range(since + 1, since + 1 + expected)), (
+                f"mode {mode}: since {since}, position {position}, then offsets {offsets[:40]}")
+            last[channel] = (epoch, offsets[-1])
+            rounds += 1
+        assert rounds > 30
+    finally:
+        stop.set()
+        await asyncio.gather(*pumps)
+
+
 # -- 3. history --------------------------------------------------------------------------------
 
 
