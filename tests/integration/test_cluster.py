@@ -480,3 +480,167 @@ async def test_history_of_events_published_on_another_host(deployment):
         assert [e["id"] for e in again["events"]] == ws_ids
     code, body = await h2.http("GET", "/api/websocket/history?channel=docs:other", {"X-Tenant-ID": tenant})
     assert code == 403 and body["error"]["code"] == "forbidden_channel"
+
+
+# -- 4. isolation ------------------------------------------------------------------------------
+
+
+async def test_tenants_and_deployments_stay_apart_across_hosts(deployment, redis_server):
+    """Tenant B's subscribers on host 2 never see tenant A's events from host 1 (tenant channel, a
+    channel of the same name); a second deployment (another --redis-prefix) on the same Redis sees
+    nothing of the first, numbers its own streams, and lists only its own hosts."""
+    h1, h2 = deployment[0], deployment[1]
+    a_watchers = [c for cs in (await deployment.spread(h2, "acme", count=2)).values() for c in cs]
+    b_watchers = [c for cs in (await deployment.spread(h2, "beta", count=2)).values() for c in cs]
+    for client in a_watchers + b_watchers:
+        await subscribe(client, "news", ref=1)
+    intruder = b_watchers[0]
+    refused = await intruder.request({"type": "subscribe", "channel": "news:acme"})
+    assert (refused["type"], refused["code"]) == ("error", "forbidden_channel")
+
+    h3 = await deployment.start_other(new_prefix())
+    far = [c for cs in (await deployment.spread(h3, "acme", count=2)).values() for c in cs]
+    for client in far:
+        assert client.welcome["data"]["offset"] == 0
+        await subscribe(client, "news", ref=1)
+
+    publisher = await deployment.connect(h1, "acme", "pub")
+    sent_home = [(await publisher.publish("a", {"n": n}))["id"] for n in range(5)]
+    code, body = await rest_publish(h1, "acme", [{"channel": "news", "event": "a"}] * 5)
+    assert code == 200
+    sent_news = body["ids"]
+    for client in a_watchers:  # the control: tenant A's own subscribers on host 2 get them
+        messages = await read_until(client, until_id(sent_news[-1]))
+        assert [e["id"] for e in events_of(messages, "tenant:acme")] == sent_home
+        assert [e["id"] for e in events_of(messages, "news:acme")] == sent_news
+
+    # each of B's channels and the far deployment's gets an event of its own, after A's: it arrives
+    # alone, with offset 1 (A's events neither arrive nor count in their numbering)
+    code, b_home = await rest_publish(h2, "beta", {"event": "b"})
+    assert (code, b_home["offset"]) == (200, 1)
+    code, b_news = await rest_publish(h1, "beta", {"channel": "news", "event": "b"})
+    assert (code, b_news["offset"]) == (200, 1)
+    code, far_home = await rest_publish(h3, "acme", {"event": "far"})
+    assert (code, far_home["offset"]) == (200, 1)
+    code, far_news = await rest_publish(h3, "acme", {"channel": "news", "event": "far"})
+    assert (code, far_news["offset"]) == (200, 1)
+    for client in b_watchers:
+        messages = await read_until(client, until_id(b_news["id"]))
+        messages += await client.drain()
+        assert [m["id"] for m in messages if is_event(m)] == [b_home["id"], b_news["id"]]
+        assert all(m["tenantId"] == "beta" for m in messages if is_event(m))
+    for client in far:
+        messages = await read_until(client, until_id(far_news["id"]))
+        messages += await client.drain()
+        assert [m["id"] for m in messages if is_event(m)] == [far_home["id"], far_news["id"]]
+    for client in a_watchers:  # and the far deployment's acme events never reach this one's acme
+        assert not [m for m in await client.drain() if is_event(m)]
+
+    code, body = await h2.http("GET", "/api/websocket/history?channel=news", {"X-Tenant-ID": "beta"})
+    assert [e["id"] for e in body["events"]] == [b_news["id"]]
+    code, body = await h3.http("GET", "/api/websocket/history?channel=news", {"X-Tenant-ID": "acme"})
+    assert [e["id"] for e in body["events"]] == [far_news["id"]]
+    # DELETE on the far deployment disconnects only its own clients
+    code, body = await h3.http("DELETE", "/api/websocket?tenant_id=acme")
+    assert (code, body["disconnected"]) == (200, len(far))
+    for client in a_watchers:
+        assert (await client.request({"type": "ping"}))["type"] == "pong"
+    # each deployment lists its own hosts only
+    for _ in range(40):
+        mine, theirs = await status(h1), await status(h3)
+        if mine["metrics"]["hosts"] == 2:
+            break
+        await asyncio.sleep(0.1)
+    assert (mine["metrics"]["hosts"], theirs["metrics"]["hosts"]) == (2, 1)
+    assert theirs["metrics"]["workers"] == 2
+
+
+# -- 5. flags and DELETE -----------------------------------------------------------------------
+
+
+async def test_flags_and_delete_across_hosts(deployment):
+    """PUT on host 1 turns websocket_v2 off on every worker of host 2 within 200 ms; a tenant
+    override too; both survive the restart of host 2; DELETE on host 1 closes the tenant's
+    connections on both hosts with 4001 and answers how many."""
+    h1 = deployment[0]
+    code, body = await h1.http("PUT", "/api/websocket", body={"flags": {"websocket_v2": False}})
+    answered = now()
+    assert code == 200 and body["flags"]["websocket_v2"] is False
+    h2 = deployment[1]
+    first_refusal = None
+    seen_off: dict[int, float] = {}
+    while (first_refusal is None or len(seen_off) < 2) and now() - answered < 2.0:
+        if first_refusal is None and await refused_upgrade(h2, "plain"):
+            first_refusal = now() - answered
+        answer = await status(h2, detailed=True)
+        if answer["flags"]["websocket_v2"] is False:
+            seen_off.setdefault(answer["worker"], now() - answered)
+    assert first_refusal is not None and first_refusal < FLAG_BOUND, first_refusal
+    assert len(seen_off) == 2 and max(seen_off.values()) < FLAG_BOUND, seen_off
+    for _ in range(8):  # whichever worker takes it
+        assert await refused_upgrade(h2, "plain")
+
+    code, body = await h1.http("PUT", "/api/websocket", body={"flags": {"tenants": {"vip": "on"}}})
+    answered = now()
+    assert code == 200 and body["flags"]["tenants"] == {"vip": "on"}
+    seen_on: dict[int, float] = {}
+    while len(seen_on) < 2 and now() - answered < 2.0:
+        client = await Client.connect(h2.url, "vip", "u")
+        seen_on.setdefault(client.welcome["data"]["worker"], now() - answered)
+        await client.close()
+    assert len(seen_on) == 2 and max(seen_on.values()) < FLAG_BOUND, seen_on
+    assert await refused_upgrade(h2, "plain")
+
+    # host 2 stopped and started again: the flags live in Redis
+    h2 = await deployment.replace(1)
+    for _ in range(6):
+        code, info = await h2.http("GET", "/api/websocket", {"X-Tenant-ID": "vip"})
+        flags = info["websocket"]["flags"]
+        assert (flags["websocket_v2"], flags["tenants"], flags["source"]) == (False, {"vip": "on"}, "api")
+        assert await refused_upgrade(h2, "plain")
+    vips = await deployment.spread(h2, "vip", count=2)
+    assert len(vips) == 2
+
+    # DELETE on host 1: the tenant's connections on both hosts, every worker
+    vips_h1 = await deployment.spread(h1, "vip", count=2)
+    code, body = await h1.http("PUT", "/api/websocket", body={"flags": {"tenants": {"keep": "on"}}})
+    assert code == 200
+    keep = await deployment.connect(h2, "keep", "u")
+    targets = [c for groups in (vips, vips_h1) for cs in groups.values() for c in cs]
+    code, body = await h1.http("DELETE", "/api/websocket?tenant_id=vip")
+    assert (code, body) == (200, {"success": True, "disconnected": len(targets)})
+    for client in targets:
+        assert await closed_with(client) == 4001
+    assert (await keep.request({"type": "ping"}))["type"] == "pong"
+
+
+# -- 6. status ---------------------------------------------------------------------------------
+
+
+async def test_status_sums_both_hosts(deployment):
+    """GET /api/websocket/status on either host counts both hosts' workers and connections;
+    ?detailed=true lists both hosts under cluster.hosts."""
+    h1, h2 = deployment[0], deployment[1]
+    opened = 0
+    for host, count in ((h1, 5), (h2, 7)):
+        for clients in (await deployment.spread(host, "st", count=count)).values():
+            opened += len(clients)
+    loop_deadline = now() + 8.0
+    answers: list[dict] = []
+    while now() < loop_deadline:
+        answers = [await status(host) for host in (h1, h2, h1, h2)]
+        if all((a["metrics"]["hosts"], a["metrics"]["workers"], a["metrics"]["active_connections"])
+               == (2, 4, opened) for a in answers):
+            break
+        await asyncio.sleep(0.1)
+    assert [(a["metrics"]["hosts"], a["metrics"]["workers"], a["metrics"]["active_connections"])
+            for a in answers] == [(2, 4, opened)] * 4
+    ids = set()
+    for host in (h1, h2):
+        detailed = await status(host, detailed=True)
+        cluster = detailed["cluster"]
+        assert len(cluster["hosts"]) == 2 and cluster["host"] in cluster["hosts"]
+        assert all(sorted(workers) == ["0", "1"] for workers in cluster["hosts"].values())
+        assert sum(row["connections"] for workers in cluster["hosts"].values() for row in workers.values()) == opened
+        ids.add(cluster["host"])
+    assert len(ids) == 2, "each host has its own name"
