@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import defaultdict
 from typing import Any
 
 import orjson
 import pytest
 import websockets
 
+from fastws.cluster import Keys, shard_of
 from tests.cluster_util import Cluster
 from tests.helpers import Client
-from tests.redisutil import RedisServer
+from tests.redisutil import FaultProxy, RedisServer
 
 pytestmark = [pytest.mark.uvloop_only, pytest.mark.timeout(45)]
 
@@ -644,3 +646,234 @@ async def test_status_sums_both_hosts(deployment):
         assert sum(row["connections"] for workers in cluster["hosts"].values() for row in workers.values()) == opened
         ids.add(cluster["host"])
     assert len(ids) == 2, "each host has its own name"
+
+
+# -- 7. Redis killed ---------------------------------------------------------------------------
+
+
+async def test_redis_killed_and_restarted(deployment, redis_server):
+    """Redis killed: publishes are refused (broker_unavailable, WebSocket and REST) within 1.5 s.
+    Restarted empty: publishing works again within seconds. Every stream restarted, so their
+    subscribers are closed with 4009 (docs/protocol.md), resume and are told recovered:false, then
+    get the new stream's events, nothing twice, nothing out of order, and are not closed again:
+    for a channel published to at once after the restart (before the workers were back on pub/sub)
+    and for one published to only after its subscribers resumed."""
+    h1, h2 = deployment[0], deployment[1]
+    busy, quiet = "kill", "quiet"
+    subscribers: dict[str, list[Client]] = {}
+    old_epochs: dict[str, str] = {}
+    for tenant in (busy, quiet):
+        subscribers[tenant] = await deployment.everywhere(tenant)
+        publisher = await deployment.connect(h1, tenant, "pub")
+        before = [(await publisher.publish("e", {"n": n}))["id"] for n in range(5)]
+        for client in subscribers[tenant]:
+            messages = await read_until(client, until_id(before[-1]))
+            assert [e["id"] for e in events_of(messages, f"tenant:{tenant}")] == before
+        old_epochs[tenant] = publisher.welcome["data"]["epoch"]
+
+    redis_server.kill()
+    started = now()
+    reply = await publisher.publish("e", {"n": "down"})
+    assert (reply["type"], reply["code"]) == ("error", "broker_unavailable"), reply
+    assert now() - started < REFUSAL_BOUND
+    started = now()
+    code, body = await rest_publish(h2, busy, {"event": "e"})
+    assert (code, body["error"]["code"]) == (503, "broker_unavailable"), body
+    assert now() - started < REFUSAL_BOUND
+    await asyncio.sleep(1.0)
+
+    redis_server.restart()
+    restarted = now()
+    while True:
+        code, body = await rest_publish(h2, busy, {"event": "e", "payload": {"n": "first"}})
+        if code == 200:
+            break
+        assert body["error"]["code"] == "broker_unavailable"
+        assert now() - restarted < 5.0, "publishing did not work again within 5 s of the restart"
+        await asyncio.sleep(0.05)
+    after = {busy: [body["id"]], quiet: []}
+
+    # every subscriber is told its stream restarted: closed with 4009 (once its worker has noticed)
+    for tenant in (busy, quiet):
+        for client in subscribers[tenant]:
+            assert await closed_with(client, timeout=10.0) == 4009, tenant
+    resumed: dict[str, list[Client]] = {}
+    for tenant in (busy, quiet):
+        resumed[tenant] = [await deployment.connect(host, tenant, f"back{i}", since="5", epoch=old_epochs[tenant])
+                           for i, host in enumerate((h1, h2, h1, h2))]
+        assert {c.welcome["data"]["recovered"] for c in resumed[tenant]} == {False}
+        epochs = {c.welcome["data"]["epoch"] for c in resumed[tenant]}
+        assert len(epochs) == 1 and old_epochs[tenant] not in epochs, tenant
+    for n in range(5):
+        for tenant in (busy, quiet):
+            code, body = await rest_publish(h1 if n % 2 else h2, tenant, {"event": "e", "payload": {"n": n}})
+            assert code == 200
+            after[tenant].append(body["id"])
+    for tenant in (busy, quiet):
+        channel = f"tenant:{tenant}"
+        code, history = await h1.http("GET", "/api/websocket/history", {"X-Tenant-ID": tenant})
+        assert history["epoch"] == resumed[tenant][0].welcome["data"]["epoch"]
+        assert [e["id"] for e in history["events"]] == after[tenant]
+        for client in resumed[tenant]:
+            position = client.welcome["data"]["offset"]
+            messages = await read_until(client, until_id(after[tenant][-1]))
+            assert check_no_silent_gap(messages, channel, position) == list(range(position + 1, len(after[tenant]) + 1))
+            assert not [m for m in await client.drain() if is_event(m)], "nothing twice"
+
+
+# -- 8. Redis stopped --------------------------------------------------------------------------
+
+
+async def test_redis_paused_and_resumed(deployment, redis_server):
+    """Redis stopped (SIGSTOP) for 5 s: publishes are refused within 1.5 s (broker_unavailable);
+    after SIGCONT, everything acknowledged reached every subscriber, new publishes flow, and no
+    subscriber sees a gap that no `missed` message explains (publishes refused while Redis was
+    stopped may still have been run: each at most once, in order)."""
+    h1, h2 = deployment[0], deployment[1]
+    tenant, channel = "pause", "feed:pause"
+    subscribers = await deployment.everywhere(tenant)
+    positions = [(await subscribe(client, "feed", ref=1))["offset"] for client in subscribers]
+    publisher = await deployment.connect(h2, tenant, "pub")
+    acknowledged = [(await publisher.publish("e", {"n": n}, channel="feed"))["id"] for n in range(5)]
+
+    redis_server.pause()
+    paused = now()
+    refused = []
+    while now() - paused < 4.0:
+        started = now()
+        if len(refused) % 2:
+            code, body = await rest_publish(h1, tenant, {"channel": "feed", "event": "e"})
+            assert (code, body["error"]["code"]) == (503, "broker_unavailable"), body
+        else:
+            reply = await publisher.publish("e", {"n": "paused"}, channel="feed")
+            assert (reply["type"], reply["code"]) == ("error", "broker_unavailable"), reply
+        assert now() - started < REFUSAL_BOUND, now() - started
+        refused.append(started)
+    await asyncio.sleep(max(0.0, 5.0 - (now() - paused)))
+    redis_server.resume()
+
+    resumed = now()
+    while True:
+        reply = await publisher.publish("e", {"n": "after"}, channel="feed")
+        if reply["type"] == "ack":
+            break
+        assert reply["code"] == "broker_unavailable"
+        assert now() - resumed < 5.0, "publishing did not work again within 5 s of the resume"
+    acknowledged.append(reply["id"])
+    for n in range(5):
+        code, body = await rest_publish(h1, tenant, {"channel": "feed", "event": "e", "payload": {"n": n}})
+        assert code == 200, body
+        acknowledged.append(body["id"])
+    for client, position in zip(subscribers, positions):
+        messages = await read_until(client, until_id(acknowledged[-1]), timeout=10.0)
+        offsets = check_no_silent_gap(messages, channel, position)
+        ids = [e["id"] for e in events_of(messages, channel)]
+        assert len(ids) == len(set(ids)) == len(offsets)
+        missing = set(acknowledged) - set(ids)
+        assert not missing, f"{len(missing)} acknowledged events never arrived"
+        assert not [m for m in await client.drain() if is_event(m)], "nothing twice"
+
+
+# -- 9. two Redis servers ----------------------------------------------------------------------
+
+
+async def test_channels_sharded_over_two_redis_servers(redis_pair):
+    """Hosts given two --broker URLs: 40 channels spread over both servers (each channel's keys on
+    the one its hash names); delivery across hosts and history work for channels on either."""
+    first, second = redis_pair
+    hosts = await Hosts([first.url, second.url], new_prefix()).start()
+    try:
+        h1, h2 = hosts[0], hosts[1]
+        tenant = "shard"
+        names = [f"ch{i}" for i in range(40)]
+        shards = [shard_of(f"{name}:{tenant}", 2) for name in names]
+        assert set(shards) == {0, 1}
+        subscribers = await hosts.everywhere(tenant)
+        for client in subscribers:
+            for name in names:
+                assert (await subscribe(client, name, ref=name))["offset"] == 0
+        publisher = await hosts.connect(h1, tenant, "pub")
+        sent: dict[str, list[str]] = defaultdict(list)
+        for name in names:
+            ack = await publisher.publish("e", {"c": name}, channel=name)
+            assert ack["offset"] == 1
+            sent[name].append(ack["id"])
+        code, body = await rest_publish(h1, tenant, [{"channel": name, "event": "b"} for name in names])
+        assert code == 200 and body["offsets"] == [2] * 40
+        for name, event_id in zip(names, body["ids"]):
+            sent[name].append(event_id)
+        for client in subscribers:
+            # no order across channels (two Redis servers, two pub/sub connections): all 80, however
+            count = iter(range(1, 81))
+            messages = await read_until(client, lambda m: is_event(m) and next(count) == 80)
+            for name in names:
+                events = events_of(messages, f"{name}:{tenant}")
+                assert [e["id"] for e in events] == sent[name] and [e["offset"] for e in events] == [1, 2]
+            assert not [m for m in await client.drain() if is_event(m)], "nothing twice"
+        keys = Keys(hosts.prefix)
+        for server, index in ((first, 0), (second, 1)):
+            stored = set(server.client().keys(f"{hosts.prefix}:t:{tenant}:c:*:s"))
+            expected = {keys.script_keys(f"{name}:{tenant}")[1] for name, shard in zip(names, shards) if shard == index}
+            assert stored == expected, f"server {index}"
+        for name in (names[shards.index(0)], names[shards.index(1)]):
+            code, history = await h2.http("GET", f"/api/websocket/history?channel={name}", {"X-Tenant-ID": tenant})
+            assert code == 200 and [e["id"] for e in history["events"]] == sent[name]
+    finally:
+        await hosts.close()
+
+
+# -- 10. a deaf pub/sub connection -------------------------------------------------------------
+
+
+async def test_a_deaf_pubsub_connection_is_replaced(redis_server, redis_proxy: FaultProxy):
+    """Hosts reach Redis through a proxy that deafens their pub/sub connections (connected, hearing
+    nothing): every worker's canary notices within a few seconds, the connection is replaced, and
+    subscribers get what was published meanwhile (filled from the stream, or reported missed) and
+    what is published after."""
+    hosts = await Hosts([redis_proxy.url], new_prefix()).start()
+    try:
+        h1, h2 = hosts[0], hosts[1]
+        tenant, channel = "deaf", "tenant:deaf"
+        redis_proxy.wait_for_pubsub(4)
+        subscribers = await hosts.everywhere(tenant)
+        publisher = await hosts.connect(h1, tenant, "pub")
+        sent = [(await publisher.publish("e", {"n": n}))["id"] for n in range(3)]
+        for client in subscribers:
+            await read_until(client, until_id(sent[-1]))
+        assert redis_proxy.deafen() == 4
+        deafened = now()
+        for n in range(3, 6):  # published while every worker is deaf
+            code, body = await rest_publish(h2, tenant, {"event": "e", "payload": {"n": n}})
+            assert code == 200
+            sent.append(body["id"])
+
+        def deaf_counts(answer: dict) -> dict[str, int]:
+            """Each worker's deaf count, as a host's detailed status shows them (its own worker's,
+            the other host's rows)."""
+            cluster = answer["cluster"]
+            counts = {f"{cluster['host']}/{answer['worker']}": cluster["broker"]["deaf"]}
+            for host, workers in cluster["hosts"].items():
+                if host != cluster["host"]:
+                    for index, row in workers.items():
+                        counts[f"{host}/{index}"] = row["broker"]["deaf"]
+            return counts
+
+        counts: dict[str, int] = {}
+        while not (len(counts) == 4 and all(counts.values())):
+            assert now() - deafened < 8.0, f"deafness noticed by {counts} after 8 s"
+            for host in (h1, h2):
+                counts.update(deaf_counts(await status(host, detailed=True)))
+            await asyncio.sleep(0.1)
+        noticed = now() - deafened
+        assert noticed < 5.0, noticed
+        for n in range(6, 9):
+            sent.append((await publisher.publish("e", {"n": n}))["id"])
+        for client in subscribers:
+            messages = await read_until(client, until_id(sent[-1]))
+            check_no_silent_gap(messages, channel, 3)
+            ids = [e["id"] for e in events_of(messages, channel)]
+            assert len(ids) == len(set(ids))
+            assert ids == sent[3:], "the stream still holds every event: the gap is filled, not reported"
+            assert not [m for m in await client.drain() if is_event(m)], "nothing twice"
+    finally:
+        await hosts.close()
