@@ -130,7 +130,7 @@ class _Watch:
     """A channel this worker is subscribed to: local interest and the position delivered up to."""
 
     __slots__ = ("channel", "redis_channel", "shard", "count", "subscribed", "waiters", "epoch", "last",
-                 "queue", "idle_since")
+                 "queue", "idle_since", "answers")
 
     def __init__(self, channel: str, redis_channel: str, shard: "_Shard") -> None:
         self.channel = channel
@@ -147,6 +147,9 @@ class _Watch:
         #: messages held while a gap is being filled (None: delivering)
         self.queue: list[Message] | None = None
         self.idle_since = 0.0
+        #: position answers waiting for this worker to deliver up to their offset:
+        #: (offset, deadline, answer) (see _position)
+        self.answers: list[tuple[int, float, Callable[[], None]]] = []
 
 
 class _Shard:
@@ -494,10 +497,31 @@ class RedisBroker:
         records = [record_of(m, frame_event(m.payload, m.offset))
                    for m in (decode_tail(since + 1 + i, stream_epoch, tail) for i, tail in enumerate(reply[4:]))] \
             if since is not None else []
+        answer = (kept, stream_epoch, last, recovered, records)
         watch = self._watches.get(channel)
-        if watch is not None and watch.epoch is None and kept:
-            watch.epoch, watch.last = stream_epoch, last
-        done((kept, stream_epoch, last, recovered, records))
+        if watch is not None and kept:
+            if watch.epoch is None:
+                watch.epoch, watch.last = stream_epoch, last
+            elif watch.epoch == stream_epoch and watch.last < last:
+                # Events up to the position may still be on their way to this worker over
+                # pub/sub (Redis wrote them to that connection before this answer, which can be
+                # read first). The answer waits until they are delivered: the session's frames
+                # are held meanwhile and those at or before the position left out (HeldSink),
+                # so none reaches it after the position, or twice after a replay. Bounded: past
+                # the timeout it is given anyway.
+                watch.answers.append((last, time.monotonic() + self.timeout, lambda: done(answer)))
+                return
+        done(answer)
+
+    def _release(self, watch: _Watch, now: float | None = None) -> None:
+        """Give the position answers that waited for the watch to reach their offset (all of them
+        after a reset; with ``now``, also those past their deadline)."""
+        ready = [entry for entry in watch.answers
+                 if entry[0] <= watch.last or (now is not None and now > entry[1])]
+        if ready:
+            watch.answers = [entry for entry in watch.answers if entry not in ready]
+            for _, _, answer in ready:
+                answer()
 
     async def read(self, channel: str, since: int, limit: int) -> tuple[str, int, list[Record]]:
         """GET /api/websocket/history: (epoch, last offset, up to limit records after since); starts nothing."""
@@ -629,6 +653,8 @@ class RedisBroker:
             return
         watch.last = message.offset
         self._deliver(watch.channel, message)
+        if watch.answers:
+            self._release(watch)
 
     def _deliver(self, channel: str, message: Message) -> None:
         frame = frame_event(message.payload, message.offset)
@@ -637,15 +663,22 @@ class RedisBroker:
         if self.on_latency is not None:
             self.on_latency(time.time() - message.published_at)
 
-    def _reset(self, watch: _Watch, epoch: str) -> None:
+    def _reset(self, watch: _Watch, epoch: str | None, last: int = 0) -> None:
         """The channel's stream restarted (Redis lost it): its subscribers' positions mean nothing
-        now. They are closed with 4009, resume, and are answered recovered:false."""
+        now. They are closed with 4009, resume, and are answered recovered:false.
+
+        The watch follows the stream as Redis has it now: ``epoch`` and ``last``, the position a
+        resume is answered from, so no event at or before it is delivered afterwards; or, when
+        Redis has no stream for the channel yet (``epoch`` None), the epoch that the next position
+        read or message brings (the stream the resuming subscribers are given)."""
         log.warning("the stream of %s restarted (epoch %s, was %s): closing its subscribers with 4009",
                     watch.channel, epoch, watch.epoch)
         self.stats.resets += 1
-        watch.epoch, watch.last = epoch, 0
+        watch.epoch, watch.last = epoch, last
         if self.on_reset is not None:
             self.on_reset(watch.channel)
+        if watch.answers:  # positions of the old stream: their subscribers are closed
+            self._release(watch, float("inf"))
 
     async def _repair(self, watch: _Watch, until: int | None) -> None:
         """Deliver what the stream holds after the last delivered offset (up to ``until``, or all it
@@ -668,7 +701,7 @@ class RedisBroker:
             epoch = reply[0].decode() if reply[0] else None
             if epoch != watch.epoch:
                 if epoch is not None or until is not None or watch.last:
-                    self._reset(watch, epoch or new_epoch())
+                    self._reset(watch, epoch, int(reply[1]))
             else:
                 last, first = int(reply[1]), int(reply[2])
                 end = last if until is None else min(until, last)
@@ -691,6 +724,8 @@ class RedisBroker:
         elif until is not None:
             self._missed(watch, since + 1, until)
             watch.last = until
+        if watch.answers:
+            self._release(watch)
         queue, watch.queue = watch.queue or [], None
         for index, message in enumerate(queue):
             self._accept(watch, message)
@@ -718,6 +753,8 @@ class RedisBroker:
                     watch.waiters = [waiter for waiter in watch.waiters if now <= waiter[0]]
                     for _, (_, _, _, done) in late:
                         done(unavailable("subscribe"))
+            if watch.answers:
+                self._release(watch, now)
             if watch.count <= 0 and now - watch.idle_since > LINGER and not watch.waiters:
                 self._drop_watch(watch)
         for shard in self.shards:

@@ -8,7 +8,8 @@ import random
 import signal
 
 from tests.helpers import event_ids
-from tests.integration.test_workers import Cluster, cluster, until  # noqa: F401 (the fixture)
+from tests.cluster_util import Cluster, until
+from tests.integration.test_workers import cluster  # noqa: F401 (the fixture)
 
 STOP = 0.4
 

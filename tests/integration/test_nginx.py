@@ -28,7 +28,7 @@ import pytest
 import websockets
 
 from tests.helpers import Client
-from tests.integration.test_workers import Cluster
+from tests.cluster_util import Cluster
 
 pytestmark = pytest.mark.uvloop_only  # the servers are processes: the test's own loop matters little
 

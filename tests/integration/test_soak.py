@@ -13,7 +13,7 @@ import pytest
 
 from tests.helpers import Client
 from tests.integration.test_slow_consumer import StalledClient
-from tests.integration.test_workers import Cluster
+from tests.cluster_util import Cluster
 
 MIB = 2**20
 

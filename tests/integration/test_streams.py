@@ -11,7 +11,7 @@ import pytest
 from fastws.config import MIB, Settings
 from fastws.server import Server
 from tests.helpers import Client
-from tests.integration.test_workers import Cluster
+from tests.cluster_util import Cluster
 
 BUDGET = 32 * MIB
 BATCH = 1000
