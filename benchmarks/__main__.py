@@ -1,4 +1,4 @@
-"""Every benchmark, one after the other: ``python -m benchmarks`` (about 15 minutes on 2 cores).
+"""Every benchmark, one after the other: ``python -m benchmarks`` (about 18 minutes on 2 cores).
 
 Runs, each as its own process so that no run inherits another's state:
 
@@ -8,7 +8,9 @@ Runs, each as its own process so that no run inherits another's state:
 3. ``python -m benchmarks.fanout --compare-workers``: 1 versus 2 workers;
 4. ``python -m benchmarks.defaults``: the default limits under real load;
 5. ``python -m benchmarks.slow``: slow consumers against none, in one invocation;
-6. ``python -m benchmarks.stopped``: a worker stopped at random moments against none.
+6. ``python -m benchmarks.stopped``: a worker stopped at random moments against none;
+7. ``python -m benchmarks.cluster``: the embedded broker against Redis, one host and two
+   (needs redis-server and redis-py: the ``redis`` extra).
 
 Exits non-zero if any of them reported an incorrect result.
 """
@@ -25,6 +27,7 @@ STEPS = [
     ["benchmarks.defaults"],
     ["benchmarks.slow"],
     ["benchmarks.stopped"],
+    ["benchmarks.cluster"],
 ]
 
 

@@ -292,8 +292,10 @@ async def open_many(url: str, count: int, tenant: str | list[str], factory, quer
     return listeners
 
 
-async def open_subscribers(url: str, subscribers: list[Subscriber], tenant: str | list[str], query: str = "") -> list[Subscriber]:
-    """Connect lean subscribers, 100 at a time, each through the WebSocket handshake."""
+async def open_subscribers(url: str, subscribers: list[Subscriber], tenant: str | list[str], query: str = "",
+                           number_from: int = 0) -> list[Subscriber]:
+    """Connect lean subscribers, 100 at a time, each through the WebSocket handshake (user ids
+    ``s{number_from}``, ``s{number_from + 1}``, ...)."""
     loop = asyncio.get_running_loop()
     netloc, _, path = url.removeprefix("ws://").partition("/")
     host, _, port = netloc.rpartition(":")
@@ -301,7 +303,7 @@ async def open_subscribers(url: str, subscribers: list[Subscriber], tenant: str 
     async def one(index: int, subscriber: Subscriber) -> None:
         await loop.create_connection(lambda: subscriber, host.strip("[]"), int(port))
         name = tenant[index] if isinstance(tenant, list) else tenant
-        subscriber.transport.write(subscriber.handshake(netloc, f"/{path}?tenant_id={name}&user_id=s{index}{query}"))  # type: ignore[union-attr]
+        subscriber.transport.write(subscriber.handshake(netloc, f"/{path}?tenant_id={name}&user_id=s{number_from + index}{query}"))  # type: ignore[union-attr]
         await asyncio.wait_for(subscriber.opened, 30)
 
     for first in range(0, len(subscribers), 100):
