@@ -73,6 +73,8 @@ CANARY_TIMEOUT = 2.0
 BACKOFF_START, BACKOFF_MAX = 0.05, 2.0
 #: events in one script call at most (a group, one REST batch, is never split: it may pass this)
 MAX_BATCH = 512
+#: connections per Redis for scripts and commands (the pub/sub connection is one of them)
+MAX_CONNECTIONS = 64
 #: events a gap repair reads at most; past it the rest of the gap is reported missed
 MAX_REPAIR = 10_000
 
@@ -156,10 +158,14 @@ class _Shard:
     def __init__(self, index: int, url: str, timeout: float) -> None:
         self.index = index
         self.url = url
-        # no retries inside redis-py: this module decides (bounded by timeout) and reconnects itself
-        self.client = aioredis.Redis.from_url(
-            url, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0), health_check_interval=0,
+        # no retries inside redis-py: this module decides (bounded by timeout) and reconnects itself.
+        # A bounded pool that queues: a burst of welcomes (position reads) waits its turn for a
+        # connection, within the timeout, instead of failing past redis-py's default limit
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=timeout, socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0), health_check_interval=0,
         )
+        self.client = aioredis.Redis(connection_pool=pool)
         self.queue: list[_Publish] = []
         self.in_flight = False
         self.pubsub: Any = None

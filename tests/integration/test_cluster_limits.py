@@ -79,3 +79,17 @@ async def test_history_is_trimmed_by_count_and_by_bytes(redis_server):
         replayed = [await client.recv() for _ in range(2)]
         assert [event["offset"] for event in replayed] == [3, 4]
         await client.close()
+
+
+async def test_a_burst_of_connections_all_get_their_welcome(redis_server, monkeypatch):
+    """Each welcome reads its position from Redis: a burst of them queues for the broker's
+    connections (bounded), it does not fail with 1013, even with a pool of 3."""
+    from fastws.server import redis_broker
+
+    monkeypatch.setattr(redis_broker, "MAX_CONNECTIONS", 3)
+    settings = Settings(port=0, broker=redis_server.url, redis_prefix="burst",
+                        limits=Limits(connect_rate=10_000, connect_burst=10_000))
+    async with Server(settings) as server:
+        clients = await asyncio.gather(*(Client.connect(server.ws_url, f"t{i % 500}", f"u{i}") for i in range(1000)))
+        assert all(client.welcome["data"]["epoch"] for client in clients)
+        await asyncio.gather(*(client.close() for client in clients))
