@@ -11,7 +11,8 @@ so a channel ``N:T`` of tenant ``T`` has every key under ``P:t:T:``)::
 
     P:t:T:c:N:m     hash     e: the stream's epoch, o: its last offset, b: bytes kept
     P:t:T:c:N:s     stream   one entry per kept event, id "<offset>-0", field m: the message tail
-    P:t:T:c:N       pub/sub  "<offset> <epoch> <tail>" for every event, in offset order
+    P:t:T:c:N       pub/sub  per script call, the channel's events in offset order, each as
+                             its length and "<offset> <epoch> <tail>"
     P:t:T:channels  zset     the tenant's channels with history (member: the meta key, score:
                              last use, ms), for max_channels_per_tenant
     P:held          string   events held in all streams (see held())
@@ -54,7 +55,7 @@ from .history import Record
 
 __all__ = [
     "Keys", "Message", "PUBLISH_SCRIPT", "POSITION_SCRIPT", "READ_SCRIPT",
-    "encode_tail", "decode_message", "decode_tail", "shard_of", "split_channel",
+    "encode_tail", "decode_message", "decode_messages", "decode_tail", "shard_of", "split_channel",
 ]
 
 
@@ -173,9 +174,30 @@ def decode_tail(offset: int, epoch: str, tail: bytes) -> Message:
 
 
 def decode_message(data: bytes) -> Message:
-    """A pub/sub message: ``<offset> <epoch> <tail>``."""
+    """One event of a pub/sub message: ``<offset> <epoch> <tail>``."""
     offset, epoch, tail = data.split(b" ", 2)
     return decode_tail(int(offset), epoch.decode(), tail)
+
+
+_LENGTH = struct.Struct(">I")
+
+
+def decode_messages(data: bytes) -> list[Message]:
+    """The events of a pub/sub message: one script call's events of one channel, in offset
+    order, each as its length (4 bytes, big-endian) and ``<offset> <epoch> <tail>``."""
+    messages = []
+    at, end = 0, len(data)
+    while at < end:
+        (length,) = _LENGTH.unpack_from(data, at)
+        at += 4
+        messages.append(decode_message(data[at:at + length]))
+        at += length
+    return messages
+
+
+def encode_messages(items: list[bytes]) -> bytes:
+    """What the script publishes for ``items`` (each ``<offset> <epoch> <tail>``): for tests."""
+    return b"".join(_LENGTH.pack(len(item)) + item for item in items)
 
 
 def record_of(message: Message, frame: bytes) -> Record:
@@ -220,7 +242,7 @@ for i = 0, n - 1 do
     end
   end
 end
-local result, touched = {}, {}
+local result, touched, out, order = {}, {}, {}, {}
 local added = 0
 for i = 0, n - 1 do
   local meta, stream, zset = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
@@ -252,7 +274,15 @@ for i = 0, n - 1 do
       redis.call('HSET', meta, 'b', bytes)
     end
     touched[meta] = {stream, zset}
-    redis.call('PUBLISH', ARGV[base + 1], offset .. ' ' .. epoch .. ' ' .. tail)
+    local item = offset .. ' ' .. epoch .. ' ' .. tail
+    local channel = ARGV[base + 1]
+    local items = out[channel]
+    if not items then
+      items = {}
+      out[channel] = items
+      order[#order + 1] = channel
+    end
+    items[#items + 1] = struct.pack('>I4', #item) .. item
     result[i + 1] = offset
   end
 end
@@ -261,6 +291,9 @@ for meta, keys in pairs(touched) do
   redis.call('PEXPIRE', keys[1], ttl)
   redis.call('ZADD', keys[2], now, meta)
   redis.call('PEXPIRE', keys[2], ttl)
+end
+for _, channel in ipairs(order) do
+  redis.call('PUBLISH', channel, table.concat(out[channel]))
 end
 if added ~= 0 then redis.call('INCRBY', held, added) end
 return result

@@ -49,7 +49,7 @@ from redis.asyncio.retry import Retry
 
 from .. import codes
 from ..cluster import (
-    POSITION_SCRIPT, PUBLISH_SCRIPT, READ_SCRIPT, Keys, Message, decode_message, decode_tail, encode_tail,
+    POSITION_SCRIPT, PUBLISH_SCRIPT, READ_SCRIPT, Keys, Message, decode_messages, decode_tail, encode_tail,
     new_tag, record_of, shard_of,
 )
 from ..core import frame_event, frame_text, new_epoch
@@ -604,7 +604,8 @@ class RedisBroker:
         if kind == "message":
             watch = shard.watches.get(channel)
             if watch is not None:
-                self._on_event(watch, decode_message(message["data"]))
+                for event in decode_messages(message["data"]):
+                    self._on_event(watch, event)
             elif channel == self._canary_bytes:
                 if message["data"] == b"barrier":
                     shard.barrier_seen += 1

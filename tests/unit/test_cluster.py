@@ -115,3 +115,14 @@ def test_a_missed_notice_names_the_range(count):
     notice = orjson.loads(frame[2:])
     assert notice == {"type": "missed", "count": count,
                       "channels": {"ideas:acme": {"first": 4, "last": 3 + count, "count": count}}}
+
+
+def test_a_pubsub_message_carries_one_calls_events_of_a_channel_in_order():
+    from fastws.cluster import decode_messages, encode_messages
+
+    tails = [encode_tail(0.0, 1, "t", "s", "p", None, b"x" * 8, i, b'{"i":%d}' % i) for i in range(3)]
+    data = encode_messages([b"%d e1 " % (i + 5) + tail for i, tail in enumerate(tails)])
+    messages = decode_messages(data)
+    assert [(m.offset, m.epoch, m.sequence, m.payload) for m in messages] == [
+        (5, "e1", 0, b'{"i":0}'), (6, "e1", 1, b'{"i":1}'), (7, "e1", 2, b'{"i":2}')]
+    assert decode_messages(b"") == []
