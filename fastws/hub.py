@@ -374,11 +374,11 @@ class Hub:
         count = last - first + 1
         notice = frame_text(orjson.dumps(
             {"type": "missed", "count": count, "channels": {channel: {"first": first, "last": last, "count": count}}}))
-        for session in list(self._sessions.values()):
-            if channel in self.matcher.subscriptions(session.number):
-                session.sink.send(notice)
+        for session in self.subscribers(channel):
+            session.sink.send(notice)
 
     def subscribers(self, channel: str) -> list[Session]:
+        """The local sessions subscribed to ``channel`` (whatever their filters)."""
         return [s for s in self._sessions.values() if channel in self.matcher.subscriptions(s.number)]
 
     def disconnect(self, session: Session) -> None:

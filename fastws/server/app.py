@@ -24,7 +24,7 @@ from ..config import Settings
 from ..core import IMPLEMENTATION
 from ..exceptions import ConfigError, ProtocolError
 from ..messages import decode_position, decode_query_filters
-from ..hub import Hub
+from ..hub import HeldSink, Hub
 from ..rest import Request, Response, RestAPI, error_response
 from ..session import connection_id_bytes
 from ..auth import Authenticator, OriginPolicy, bearer_token, log_auth_mode
@@ -144,10 +144,8 @@ class Server:
         ``recovered:false``; nothing is delivered to them after the reset."""
         for session in self.hub.subscribers(channel):
             sink = session.sink
-            connection = getattr(sink, "sink", sink) if type(sink).__name__ == "HeldSink" else sink
-            abandon = getattr(connection, "abandon", None)
-            if abandon is not None:
-                abandon(codes.LOST_PLACE, "the channel's stream restarted: reconnect and recover")
+            connection = sink.sink if isinstance(sink, HeldSink) else sink
+            connection.abandon(codes.LOST_PLACE, "the channel's stream restarted: reconnect and recover")  # type: ignore[attr-defined]
 
     def loop_time(self) -> float:
         return self._loop.time()  # type: ignore[union-attr]

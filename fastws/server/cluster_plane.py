@@ -127,8 +127,10 @@ class ClusterPlane:
                     await asyncio.wait_for(self._load_flags(), self.broker.timeout)
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, asyncio.TimeoutError, ValueError) as exc:
+            except (RedisError, OSError, asyncio.TimeoutError) as exc:
                 log.debug("cluster rows: %s", exc)
+            except Exception:  # a row or flags value this code did not write: the loop goes on
+                log.exception("cluster rows or flags could not be read")
             await asyncio.sleep(ROW_INTERVAL)
 
     async def _write_row(self) -> None:
@@ -192,9 +194,7 @@ class ClusterPlane:
                         continue
             else:
                 raise ProtocolError(codes.SERVICE_UNAVAILABLE, "the flags changed too often to apply this change")
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
-            if isinstance(exc, _WatchError):
-                raise
+        except (RedisError, OSError, asyncio.TimeoutError):
             raise ProtocolError(codes.BROKER_UNAVAILABLE, "the cluster's Redis did not answer: flags unchanged") from None
         self.generation = flags.generation
         self.apply_flags(flags)

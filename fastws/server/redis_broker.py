@@ -35,9 +35,11 @@ connected but deaf and replaces it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
 import random
+import struct
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
@@ -52,7 +54,7 @@ from ..cluster import (
     POSITION_SCRIPT, PUBLISH_SCRIPT, READ_SCRIPT, Keys, Message, decode_messages, decode_tail, encode_tail,
     new_tag, record_of, shard_of,
 )
-from ..core import frame_event, frame_text, new_epoch
+from ..core import frame_event, new_epoch
 from ..exceptions import ProtocolError
 from ..history import Record
 
@@ -174,7 +176,6 @@ class _Shard:
         self.watches: dict[bytes, _Watch] = {}
         self.canary_sent = 0.0
         self.canary_seen = True
-        self.reader: asyncio.Task | None = None
         self.deaf = False
         #: barrier probes that came back (RedisBroker.barrier)
         self.barrier_seen = 0
@@ -207,6 +208,8 @@ class RedisBroker:
         #: called with a channel whose stream restarted (the server closes its subscribers with 4009)
         self.on_reset = on_reset
         self.tag = new_tag()
+        self._canary_bytes = self.keys.canary(host_id, worker).encode()
+        self._control_bytes = self.keys.control.encode()
         self._sequence = itertools.count(1)
         #: sequence -> publish waiting for its answer (answered by the script or by its own message)
         self._waiting: dict[int, _Publish] = {}
@@ -234,7 +237,7 @@ class RedisBroker:
         for script in (PUBLISH_SCRIPT, POSITION_SCRIPT, READ_SCRIPT):
             self._scripts[script] = _sha1(script)
         for shard in self.shards:
-            shard.reader = self._spawn(self._read_forever(shard))
+            self._spawn(self._read_forever(shard))
         self._timer = self._loop.call_later(0.1, self._watchdog)
         # wait (bounded) for the pub/sub connections, so the first subscribers lose nothing
         deadline = self._loop.time() + max(self.timeout * 3, 2.0)
@@ -604,7 +607,15 @@ class RedisBroker:
         if kind == "message":
             watch = shard.watches.get(channel)
             if watch is not None:
-                for event in decode_messages(message["data"]):
+                try:
+                    events = decode_messages(message["data"])
+                except (ValueError, struct.error, UnicodeDecodeError):
+                    # not written by PUBLISH_SCRIPT (something else published on the channel):
+                    # dropped, never fatal to the reader; a real gap is found by the next event
+                    self.stats.errors += 1
+                    log.warning("%s: dropped a pub/sub message that is not an event", watch.channel)
+                    return
+                for event in events:
                     self._on_event(watch, event)
             elif channel == self._canary_bytes:
                 if message["data"] == b"barrier":
@@ -627,14 +638,6 @@ class RedisBroker:
                 if watch.queue is not None and watch.epoch is not None:
                     # subscribed again after a lost connection: fill what was missed meanwhile
                     self._spawn(self._repair(watch, None))
-
-    @property
-    def _canary_bytes(self) -> bytes:
-        return self.keys.canary(self.host_id, self.worker).encode()
-
-    @property
-    def _control_bytes(self) -> bytes:
-        return self.keys.control.encode()
 
     def _on_event(self, watch: _Watch, message: Message) -> None:
         if message.tag == self.tag:
@@ -808,8 +811,6 @@ class RedisBroker:
 
 
 def _sha1(text: str) -> str:
-    import hashlib
-
     return hashlib.sha1(text.encode()).hexdigest()
 
 

@@ -93,3 +93,21 @@ async def test_a_burst_of_connections_all_get_their_welcome(redis_server, monkey
         clients = await asyncio.gather(*(Client.connect(server.ws_url, f"t{i % 500}", f"u{i}") for i in range(1000)))
         assert all(client.welcome["data"]["epoch"] for client in clients)
         await asyncio.gather(*(client.close() for client in clients))
+
+
+async def test_a_foreign_message_on_a_channel_is_dropped_and_the_worker_keeps_listening(redis_server):
+    """Something else publishing on a channel's Redis pub/sub (not PUBLISH_SCRIPT) costs nothing:
+    the message is dropped, and the channel's events keep coming."""
+    settings = Settings(port=0, broker=redis_server.url, redis_prefix="junk")
+    async with Server(settings) as server:
+        listener = await Client.connect(server.ws_url, "acme", "u1")
+        publisher = await Client.connect(server.ws_url, "acme", "u2")
+        redis_server.client().publish("junk:t:acme:c:tenant", b"\x00\x00\x00\x09not an event")
+        redis_server.client().publish("junk:t:acme:c:tenant", b"garbage")
+        ack = await publisher.publish("after", {"n": 1})
+        event = await listener.recv()
+        assert (event["eventType"], event["offset"]) == ("after", ack["offset"])
+        status, body = await _http(server, "GET", "/api/websocket/status?detailed=true")
+        assert body["websocket"]["cluster"]["broker"]["errors"] == 2
+        await listener.close()
+        await publisher.close()
