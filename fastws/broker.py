@@ -327,6 +327,11 @@ class SharedBroker:
         """Bytes counted against history_total_bytes: kept records, plus STREAM_OVERHEAD a replica."""
         return self._nbytes + len(self._streams) * STREAM_OVERHEAD
 
+    @property
+    def lag(self) -> int:
+        """Records of the shared log this worker has not applied yet."""
+        return max(0, self.ring.next_offset - 1 - self.position_applied)
+
     def start(self) -> None:
         """Rebuild the replicas from the whole log, delivering nothing (no one was connected)."""
         self.position_applied = self.ring.first_offset - 1

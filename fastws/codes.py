@@ -32,6 +32,8 @@ NORMAL_CLOSURE: Final = 1000
 GOING_AWAY: Final = 1001
 PROTOCOL_ERROR: Final = 1002
 UNSUPPORTED_DATA: Final = 1003
+#: never sent: what a connection ended without a close frame counts as (in metrics)
+ABNORMAL_CLOSURE: Final = 1006
 INVALID_PAYLOAD: Final = 1007
 POLICY_VIOLATION: Final = 1008
 MESSAGE_TOO_BIG: Final = 1009

@@ -121,6 +121,11 @@ class Settings:
     broker_timeout: float = 1.0
     #: seconds a channel's history is kept in Redis after its last use
     history_ttl: float = 86400.0
+    #: a bearer token GET /metrics requires (Authorization: Bearer ...); empty: none, and then with
+    #: JWT keys an admin token is required, in open mode nothing
+    metrics_token: str = field(default="", repr=False)
+    #: tenants with series of their own in /metrics (the most connected; the rest as "other"); 0: none
+    metrics_tenants: int = 20
     limits: Limits = field(default_factory=Limits)
 
     # name -> environment variable
@@ -147,6 +152,8 @@ class Settings:
         "cors_credentials": "FASTWS_CORS_CREDENTIALS",
         "public_status": "FASTWS_PUBLIC_STATUS",
         "open_admin": "FASTWS_OPEN_ADMIN",
+        "metrics_token": "FASTWS_METRICS_TOKEN",
+        "metrics_tenants": "FASTWS_METRICS_TENANTS",
         "max_message_size": "FASTWS_MAX_MESSAGE_SIZE",
         "max_body_size": "FASTWS_MAX_BODY_SIZE",
         "max_header_size": "FASTWS_MAX_HEADER_SIZE",
@@ -209,6 +216,8 @@ class Settings:
                 raise ConfigError(f"broker: {url.split('@')[-1]!r} is not a redis://, rediss:// or unix:// URL")
         if not settings.redis_prefix or any(c in settings.redis_prefix for c in " \t\r\n{}"):
             raise ConfigError("redis_prefix must be a non-empty name without spaces or braces")
+        if settings.metrics_tenants < 0:
+            raise ConfigError("metrics_tenants must be 0 or more")
         if settings.broker_timeout <= 0 or settings.history_ttl <= 0:
             raise ConfigError("broker_timeout and history_ttl must be positive")
         return settings

@@ -25,6 +25,7 @@ import orjson
 from . import codes
 from .channels import resolve_channel, tenant_channel
 from .config import Limits
+from .control.layout import CLOSE_SLOTS, DROP_REASONS, RATE_LIMITS, close_slot
 from .broker import Broker
 from .history import History
 from .core import Matcher, frame_text
@@ -74,6 +75,10 @@ class Event:
     payload: bytes
 
 
+#: one delivered event in this many has its publish-to-write latency measured
+SAMPLE_EVERY = 16
+
+
 @dataclass(slots=True)
 class Metrics:
     """Counters of one worker, as the status API reports them."""
@@ -89,17 +94,41 @@ class Metrics:
     bytes_sent: int = 0
     #: recoveries answered with replayed history (one per resume, however many events)
     replays: int = 0
-    #: events dropped for slow connections, by priority rank (low, normal, high, critical)
-    drops: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    #: events dropped for slow connections, by reason (fastws.control.DROP_REASONS: the
+    #: connection's buffer, the host's budget, closed holding them), each by priority rank
+    #: (low, normal, high, critical)
+    drop_reasons: list[list[int]] = field(default_factory=lambda: [[0, 0, 0, 0] for _ in DROP_REASONS])
     errors: int = 0
+    #: events published by WebSocket clients and over the REST API
+    published_ws: int = 0
+    published_rest: int = 0
+    #: refusals by rate limit (fastws.control.RATE_LIMITS: publish, tenant_publish, connect)
+    rate_limited: list[int] = field(default_factory=lambda: [0] * len(RATE_LIMITS))
+    #: connections ended, by close code slot then initiator (fastws.control.layout.close_slot)
+    disconnects: list[int] = field(default_factory=lambda: [0] * (2 * (len(CLOSE_SLOTS) + 1)))
     #: unix time of the last connection or event
     last_activity: float = 0.0
+
+    @property
+    def drops(self) -> list[int]:
+        """Events dropped by priority rank, whatever the reason."""
+        return [sum(column) for column in zip(*self.drop_reasons)]
+
+    def record_close(self, code: int, by_server: bool) -> None:
+        """A connection ended with ``code`` (1006: no close frame), the first close frame sent by the
+        server or (``by_server`` false) by the client."""
+        self.disconnects[2 * close_slot(code) + (0 if by_server else 1)] += 1
 
 
 @dataclass(slots=True)
 class TenantState:
     connections: int = 0
+    #: the tenant's events this worker has fanned out (with the embedded broker: all of the host's)
     events_published: int = 0
+    #: events this worker's clients (WebSocket and REST) published, and frames of the tenant's
+    #: events it delivered: additive over workers (the per-tenant series of /metrics)
+    published_here: int = 0
+    events_sent: int = 0
     #: channel -> local subscribers
     channels: dict[str, int] = field(default_factory=dict)
     #: distinct event types and sources seen (bounded by Limits.max_tracked_names)
@@ -233,6 +262,10 @@ class Hub:
         self.clock = clock
         self.matcher = Matcher()
         self.metrics = Metrics()
+        #: unix times of sampled deliveries' publishes (fan_out), taken by the server once it
+        #: has written their frames (publish-to-write latency); bounded
+        self.latency_samples: list[float] = []
+        self._sample_countdown = 1
         #: numbers, keeps and carries events (fastws.broker); in one process, its own History
         self._broker: Broker = History(self.limits)
         #: the broker answers later (Redis: fastws.server.redis_broker): positions and offsets come
@@ -561,8 +594,10 @@ class Hub:
             if tenant_bucket.take(now):
                 return
             retry = tenant_bucket.retry_after()
+            self.metrics.rate_limited[1] += 1
         else:
             retry = session.bucket.retry_after()
+            self.metrics.rate_limited[0] += 1
         if session.abuse.reject(now):  # type: ignore[union-attr]
             raise ConnectionClosedError(codes.RATE_LIMITED_CLOSE)
         raise ProtocolError(codes.RATE_LIMITED, f"publish rate limit: retry in {retry} s", ref, retry)
@@ -573,6 +608,7 @@ class Hub:
         bucket = self._tenant_bucket(tenant_id, now)
         if not bucket.take(now, count):
             retry = bucket.retry_after(count)
+            self.metrics.rate_limited[1] += 1
             raise ProtocolError(codes.RATE_LIMITED, f"tenant publish rate limit: retry in {retry} s", None, retry)
 
     def _tenant_bucket(self, tenant_id: str, now: float) -> TokenBucket:
@@ -662,6 +698,8 @@ class Hub:
                 exc.ref = publish.ref
                 raise
         self.deliver(event, ack_to if publish.ref is not None else None, publish.ref)
+        self.metrics.published_ws += 1
+        self._tenant(tenant_id).published_here += 1
         return event.id
 
     def admit(self, tenant_id: str, events: list[Event]) -> None:
@@ -702,6 +740,8 @@ class Hub:
                 reply = encode_error(error.code, error.message, ref)
             else:
                 metrics.events_published += 1
+                metrics.published_ws += 1
+                self._tenant(event.tenant_id).published_here += 1
                 if ref is not None:
                     reply = encode_ack(ref, id=event.id, offset=offset)
             if session is not None and not session.closed:
@@ -714,28 +754,43 @@ class Hub:
         """Number and deliver prepared events (a REST publish): their offsets, or with a remote
         broker an awaitable of them (refused whole, too_many_channels, like an embedded batch)."""
         if not self.remote:
+            self.metrics.published_rest += len(events)
+            self._tenant(events[0].tenant_id).published_here += len(events)
             return [self.deliver(event) for event in events]
         return self._deliver_remote(events)
 
     async def _deliver_remote(self, events: list[Event]) -> list[int]:
         offsets = await self._broker.publish_all(events)  # type: ignore[attr-defined]
         self.metrics.events_published += len(offsets)
+        self.metrics.published_rest += len(offsets)
+        self._tenant(events[0].tenant_id).published_here += len(offsets)
         return offsets
 
     def fan_out(
         self, channel: str, event_type: str, source: str, priority: int, publisher: str, target: str | None,
-        frame: bytes, offset: int,
+        frame: bytes, offset: int, published_at: float = 0.0,
     ) -> int:
-        """Hand a numbered event's frame to every matching local connection (events of any worker)."""
+        """Hand a numbered event's frame to every matching local connection (events of any worker).
+
+        ``published_at``: the unix time the event was published, when it came from elsewhere (else
+        now); one delivered event in SAMPLE_EVERY has it kept in ``latency_samples``, for the
+        server to measure publish-to-write once the frames are written.
+        """
         matched = self.matcher.match(channel, event_type, source, priority, publisher, target)
         senders = self._senders
         for number in matched:
             senders[number](frame, priority, channel, offset)
         metrics = self.metrics
         metrics.events_sent += len(matched)
-        metrics.last_activity = time.time()
+        now = metrics.last_activity = time.time()
         tenant = self._tenant(channel.rpartition(":")[2])
         tenant.events_published += 1
+        if matched:
+            tenant.events_sent += len(matched)
+            self._sample_countdown -= 1
+            if self._sample_countdown <= 0 and len(self.latency_samples) < 1024:
+                self._sample_countdown = SAMPLE_EVERY
+                self.latency_samples.append(published_at or now)
         limit = self.limits.max_tracked_names
         if event_type not in tenant.event_types and len(tenant.event_types) < limit:
             tenant.event_types[event_type] = None

@@ -8,6 +8,7 @@ Routes (all JSON)::
     PUT    /api/websocket                 change flags: {"flags": {"websocket_v2": false, ...}}
     DELETE /api/websocket                 disconnect ?tenant_id=T[&user_id=U][&connection_id=C]
     GET    /api/websocket/history         a channel's recent events (?channel=&since=&limit=)
+    GET    /metrics                       the host's metrics for Prometheus (docs/metrics.md)
     GET    /healthz                       liveness
     GET    /readyz                        readiness (503 while draining)
     GET    /ws                            426 (or why an upgrade would be refused): the upgrade is the only use
@@ -22,6 +23,7 @@ and answered 500 ``internal_error``; its text never reaches the client.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from dataclasses import dataclass, field
@@ -74,6 +76,8 @@ class Response:
 MAX_HISTORY_LIMIT = 1000
 #: the path of WebSocket upgrades
 WEBSOCKET_PATH = "/ws"
+#: Prometheus' scrape path (its own token: RestAPI._authorize_metrics)
+METRICS_PATH = "/metrics"
 #: answered without a token (an upgrade on WEBSOCKET_PATH checks its own)
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", WEBSOCKET_PATH})
 
@@ -145,6 +149,7 @@ class Control(Protocol):
     def rows(self) -> dict[int, WorkerStats]: ...
     async def disconnect(self, tenant_id: str, user_id: str | None, connection_id: str | None) -> int: ...
     def cluster_status(self) -> dict[str, Any] | None: ...
+    def metrics(self, accept: str) -> tuple[bytes, str]: ...
 
 
 def _history_response(channel: str, user_id: str | None, epoch: str, offset: int, records: list) -> Response:
@@ -197,6 +202,7 @@ class RestAPI:
             },
             "/api/websocket/status": {"GET": self.get_status},
             "/api/websocket/history": {"GET": self.get_history},
+            "/metrics": {"GET": self.get_metrics},
             "/healthz": {"GET": self.get_health},
             "/readyz": {"GET": self.get_ready},
             # a GET that asks for a WebSocket is upgraded before it gets here (fastws.server.http)
@@ -274,7 +280,9 @@ class RestAPI:
             message = f"{request.method[:16]} is not allowed here"
             return error_response(codes.METHOD_NOT_ALLOWED, message, [(b"Allow", _allow(methods))])
         try:
-            if request.path not in PUBLIC_PATHS:
+            if request.path == METRICS_PATH:
+                self._authorize_metrics(request)
+            elif request.path not in PUBLIC_PATHS:
                 if self.hub.authenticator is not None:
                     if not (self.settings.public_status and request.path == "/api/websocket/status"
                             and not _needs_admin(request)):
@@ -293,6 +301,22 @@ class RestAPI:
         if isinstance(response, Response):
             return response
         return self._finish(request, response)
+
+    def _authorize_metrics(self, request: Request) -> None:
+        """GET /metrics: the metrics token when one is set (or, with JWT keys, an admin token); else
+        with JWT keys an admin token; in open mode, nothing."""
+        token = bearer_token(request.headers.get("authorization"), None)
+        expected = self.settings.metrics_token
+        if expected and token is not None and hmac.compare_digest(token.encode(), expected.encode()):
+            return
+        if self.hub.authenticator is None:
+            if expected:
+                raise ProtocolError(codes.UNAUTHORIZED, "GET /metrics needs the metrics token (Authorization: Bearer)")
+            return
+        if token is None:
+            raise ProtocolError(codes.UNAUTHORIZED, "GET /metrics needs the metrics token or an admin token")
+        if not self.hub.authenticator.verify(token).admin:
+            raise ProtocolError(codes.FORBIDDEN, "GET /metrics needs the metrics token or an admin token")
 
     def _authorize(self, request: Request) -> None:
         """Check the request's token; fill in (or check) X-Tenant-ID and X-User-ID from its claims.
@@ -486,9 +510,10 @@ class RestAPI:
         event = self._prepare(tenant_id, user_id, body, None)
         hub.admit(tenant_id, [event])
         hub.take_tenant_publishes(tenant_id, 1)
-        if hub.remote:
-            return self._published([event], hub.deliver_all([event]), batch=False)
-        return _ok({"id": event.id, "offset": hub.deliver(event)})
+        offsets = hub.deliver_all([event])
+        if type(offsets) is not list:
+            return self._published([event], offsets, batch=False)
+        return _ok({"id": event.id, "offset": offsets[0]})
 
     @staticmethod
     async def _published(events: list[Event], pending: Awaitable[list[int]], batch: bool) -> Response:
@@ -557,6 +582,13 @@ class RestAPI:
 
     def get_websocket(self, request: Request) -> Response:
         return error_response(codes.UPGRADE_REQUIRED, "connect with a WebSocket client", [(b"Upgrade", b"websocket")])
+
+    def get_metrics(self, request: Request) -> Response:
+        """The host's metrics in Prometheus' text format (OpenMetrics when the Accept header asks)."""
+        if self.control is None:
+            raise ProtocolError(codes.SERVICE_UNAVAILABLE, "metrics need a running server")
+        body, content_type = self.control.metrics(request.headers.get("accept", ""))
+        return Response(200, body, content_type=content_type.encode())
 
     def get_health(self, request: Request) -> Response:
         return _ok({"status": "ok"})

@@ -129,7 +129,6 @@ class Server:
         control = self.control
         broker = RedisBroker(self.settings, self.hub, self.host_id, control.worker,
                              on_reset=self.reset_channel)
-        broker.on_latency = control.record_latency
         cluster = ClusterPlane(broker, self.host_id, control.worker, control.row, control.apply_flags,
                                self.disconnect_matching)
         broker.on_control = cluster.on_control
@@ -393,6 +392,11 @@ class Server:
             except Exception:
                 log.exception("error writing to a connection")
                 connection.close(codes.INTERNAL_ERROR, "internal error")
+        samples = self.hub.latency_samples
+        if samples:
+            # the sampled events' frames are written now: publish-to-write latency
+            self.control.record_latencies(samples)
+            samples.clear()
 
 
 class _ClientFaultFilter(logging.Filter):

@@ -12,17 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import os
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Awaitable, ContextManager, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, ContextManager, Iterator, Protocol
 
 import orjson
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
 
-from .. import codes
+from .. import __version__, codes
 from ..broker import SharedBroker, SharedSegment
 from ..control import ControlPlane, Flags, LATENCY_BUCKETS, WorkerStats, v2_enabled_for
+from ..control.layout import TENANT_SLOTS, TenantRow
+from ..control.prometheus import HostView, families
+from ..core import IMPLEMENTATION
 from ..limits import TokenBucket
 from ..rest import Response, error_response
 
@@ -50,6 +56,7 @@ class ControlHost(Protocol):
 
 #: seconds between flag polls (and counter publications)
 POLL_INTERVAL = 0.05
+TICKS_PER_SECOND = round(1 / POLL_INTERVAL)
 #: seconds a DELETE waits for the other workers to apply it
 COMMAND_TIMEOUT = 2.0
 
@@ -80,7 +87,16 @@ class WorkerControl:
         #: the control plane across hosts (--broker redis://...): flags, rows, commands
         self.cluster: "ClusterPlane | None" = None
         self.latency = [0] * LATENCY_BUCKETS
+        self.latency_sum = 0.0
         self.started_at = time.time()
+        #: unix time minus CLOCK_MONOTONIC (refreshed every tick)
+        self._wall_offset = time.time() - time.monotonic()
+        #: the longest event-loop delay of the last whole second, and of the current one
+        self.loop_lag = 0.0
+        self._lag_window = 0.0
+        self._tick_due = 0.0
+        #: what the worker that ran before this one in its row counted (counters never go back)
+        self._base = self.plane.read_worker(worker) if segment is not None else WorkerStats()
         self._timer: asyncio.TimerHandle | None = None
         self._notify_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -102,6 +118,7 @@ class WorkerControl:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         hub = self.server.hub
+        self._continue_counts()
         if self.segment is not None and not self.server.settings.broker:
             self.broker = SharedBroker(
                 self.segment, self.worker, self.server.settings.limits,
@@ -111,7 +128,33 @@ class WorkerControl:
             hub.broker = self.broker
             loop.add_reader(self.wake_fds[self.worker], self._on_wake)
         self.publish_stats("starting")
-        self._timer = loop.call_later(POLL_INTERVAL, self._tick)
+        self._tick_due = loop.time() + POLL_INTERVAL
+        self._timer = loop.call_at(self._tick_due, self._tick)
+
+    def _continue_counts(self) -> None:
+        """Start this worker's counters where its row's previous worker left them (the supervisor
+        keeps a dead worker's counts in its row: WorkerStats.continued), so the host's counters are
+        monotonic across restarts, as Prometheus expects."""
+        base = self._base
+        metrics = self.server.hub.metrics
+        metrics.total_connections += base.total_connections
+        metrics.messages_received += base.messages_in
+        metrics.events_published += base.events_published
+        metrics.events_sent += base.events_sent
+        metrics.bytes_received += base.bytes_in
+        metrics.bytes_sent += base.bytes_out
+        metrics.errors += base.errors
+        metrics.published_ws += base.published_ws
+        metrics.published_rest += base.published_rest
+        for index, count in enumerate(base.rate_limited):
+            metrics.rate_limited[index] += count
+        for index, count in enumerate(base.drop_reasons):
+            metrics.drop_reasons[index // 4][index % 4] += count
+        for index, count in enumerate(base.disconnects):
+            metrics.disconnects[index] += count
+        for index, count in enumerate(base.latency):
+            self.latency[index] += count
+        self.latency_sum += base.latency_sum
 
     def stop(self, state: str = "draining") -> None:
         if self._timer is not None:
@@ -143,7 +186,15 @@ class WorkerControl:
         self.broker.catch_up()
 
     def _tick(self) -> None:
+        loop = self._loop
+        now = loop.time()  # type: ignore[union-attr]
+        # how late this timer ran: the event loop's lag (longest per second, as a gauge)
+        self._lag_window = max(self._lag_window, now - self._tick_due)
         self._ticks += 1
+        if self._ticks % TICKS_PER_SECOND == 0:
+            self.loop_lag, self._lag_window = self._lag_window, 0.0
+            self._wall_offset = time.time() - time.monotonic()
+            self.plane.write_tenants(self.worker, self.tenant_rows())
         generation = self.plane.generation
         if self.cluster is None and generation // 2 != self.flags.generation and generation % 2 == 0:
             flags = self.plane.read_flags()
@@ -151,7 +202,18 @@ class WorkerControl:
                 self._apply_flags(flags)
         if self._ticks % 2 == 0:
             self.publish_stats()
-        self._timer = self._loop.call_later(POLL_INTERVAL, self._tick)  # type: ignore[union-attr]
+        self._tick_due = now + POLL_INTERVAL
+        self._timer = loop.call_at(self._tick_due, self._tick)  # type: ignore[union-attr]
+
+    def tenant_rows(self) -> list[TenantRow]:
+        """This worker's busiest tenants (by open connections, then events published), for its
+        tenant table."""
+        tenants = self.server.hub.tenants()
+        busiest = heapq.nlargest(
+            TENANT_SLOTS, tenants.items(), key=lambda item: (item[1].connections, item[1].published_here)
+        )
+        return [TenantRow(tenant_id, state.connections, state.published_here, state.events_sent)
+                for tenant_id, state in busiest]
 
     # -- the shared log ----------------------------------------------------------------------
 
@@ -188,14 +250,20 @@ class WorkerControl:
         self, channel: str, event_type: str, source: str, priority: int, publisher: str,
         target: str | None, frame: bytes, offset: int, published_at: float,
     ) -> None:
-        self.server.hub.fan_out(channel, event_type, source, priority, publisher, target, frame, offset)
-        micros = max(0.0, (time.monotonic() - published_at) * 1e6)
-        self.latency[min(LATENCY_BUCKETS - 1, int(micros).bit_length())] += 1
+        # published_at is CLOCK_MONOTONIC (shared by the host's processes): as unix time
+        self.server.hub.fan_out(channel, event_type, source, priority, publisher, target, frame, offset,
+                                published_at + self._wall_offset)
 
-    def record_latency(self, seconds: float) -> None:
-        """One delivery's publish-to-fan-out time, into the latency histogram."""
-        micros = max(0.0, seconds * 1e6)
-        self.latency[min(LATENCY_BUCKETS - 1, int(micros).bit_length())] += 1
+    def record_latencies(self, published: list[float]) -> None:
+        """Sampled deliveries, written now, published at these unix times: into the latency histogram."""
+        now = time.time()
+        latency = self.latency
+        total = 0.0
+        for at in published:
+            seconds = max(0.0, now - at)
+            total += seconds
+            latency[min(LATENCY_BUCKETS - 1, int(seconds * 1e6).bit_length())] += 1
+        self.latency_sum += total
 
     def _on_command(self, body: bytes) -> int:
         command = orjson.loads(body)
@@ -254,6 +322,7 @@ class WorkerControl:
                 self._connect_buckets.clear()  # bounded: forget old addresses (they start with a full bucket)
             bucket = self._connect_buckets[address] = TokenBucket(limits.connect_rate, limits.connect_burst, now)
         if not bucket.take(now):
+            self.server.hub.metrics.rate_limited[2] += 1
             retry = str(bucket.retry_after()).encode()
             return error_response(codes.RATE_LIMITED, "connect rate limit", [(b"Retry-After", retry)])
         if address and self.plane.total("address", address) >= limits.max_connections_per_address:
@@ -275,8 +344,12 @@ class WorkerControl:
     # -- counters ----------------------------------------------------------------------------
 
     def stats(self, state: str) -> WorkerStats:
-        metrics = self.server.hub.metrics
+        hub = self.server.hub
+        metrics = hub.metrics
         broker = self.broker
+        history = hub.broker
+        redis = getattr(history, "stats", None)  # the cluster's Redis (fastws.server.redis_broker)
+        base = self._base
         return WorkerStats(
             pid=os.getpid(),
             state=state,
@@ -290,8 +363,20 @@ class WorkerControl:
             bytes_in=metrics.bytes_received,
             bytes_out=metrics.bytes_sent,
             errors=metrics.errors,
-            drops=list(metrics.drops),
+            published_ws=metrics.published_ws,
+            published_rest=metrics.published_rest,
+            history_events=len(history),
+            history_bytes=getattr(history, "nbytes", 0),
+            log_lag=broker.lag if broker is not None else 0,
+            broker_errors=base.broker_errors + (redis.errors + redis.timeouts if redis is not None else 0),
+            broker_reconnects=base.broker_reconnects + (redis.reconnects if redis is not None else 0),
+            loop_lag=self.loop_lag,
+            redis_lag=redis.canary_ms / 1000 if redis is not None else 0.0,
+            rate_limited=list(metrics.rate_limited),
+            drop_reasons=[count for reason in metrics.drop_reasons for count in reason],
+            disconnects=list(metrics.disconnects),
             latency=list(self.latency),
+            latency_sum=self.latency_sum,
             bus_position=broker.position_applied if broker is not None else 0,
             commands=list(broker.command_results) if broker is not None else [],
             restarts=self.plane.read_worker(self.worker).restarts,
@@ -308,11 +393,14 @@ class WorkerControl:
         return self.plane.workers()
 
     def totals(self) -> dict[str, Any]:
-        """Counters summed over the host's workers (this one's fresh), and with Redis over the live
-        workers of the other hosts (as they last wrote their rows)."""
-        rows = [row for row in self.rows().values() if row.state in ("running", "draining")]
+        """Counters summed over the host's rows (this worker's fresh; a row being restarted keeps
+        its counts, so totals never go back), open connections over its live workers, and with
+        Redis over the live workers of the other hosts (as they last wrote their rows)."""
+        rows = list(self.rows().values())
         totals: dict[str, Any] = {name: sum(getattr(row, name) for row in rows) for name in _METRIC_FIELDS}
-        totals["workers"] = len(rows)
+        live = [row for row in rows if row.state in ("running", "draining")]
+        totals["connections"] = sum(row.connections for row in live)
+        totals["workers"] = len(live)
         if self.cluster is not None:
             hosts = self.cluster.other_hosts()
             for workers in hosts.values():
@@ -346,6 +434,29 @@ class WorkerControl:
             data["broker"] = stats.to_json()
         return data
 
+    # -- metrics -----------------------------------------------------------------------------
+
+    def host_view(self) -> HostView:
+        """The host as one scrape sees it: every row (this worker's fresh) and tenant table."""
+        rows = self.rows()
+        tenants = []
+        for index in rows:
+            tenants += self.tenant_rows() if index == self.worker else self.plane.read_tenants(index)
+        settings = self.server.settings
+        return HostView(
+            rows=rows, tenants=tenants, top_tenants=settings.metrics_tenants, version=__version__,
+            implementation=IMPLEMENTATION,
+            broker="redis" if self.cluster is not None else "shared" if self.broker is not None else "embedded",
+            websocket_v2=self.flags.websocket_v2,
+            hosts=1 + len(self.cluster.other_hosts()) if self.cluster is not None else None,
+        )
+
+    def metrics(self, accept: str) -> tuple[bytes, str]:
+        """GET /metrics: (the exposition, its content type) in the format ``accept`` asks for
+        (Prometheus text 0.0.4, or OpenMetrics)."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(_Collector(self.host_view())), content_type  # type: ignore[arg-type]
+
     # -- commands ----------------------------------------------------------------------------
 
     async def disconnect(self, tenant_id: str, user_id: str | None, connection_id: str | None) -> int:
@@ -364,6 +475,18 @@ class WorkerControl:
                 break
             await asyncio.sleep(0.005)
         return sum(count for row in rows.values() for at, count in row.commands if at == position)
+
+
+class _Collector:
+    """One scrape's families, as prometheus_client's encoders take a registry (``collect``)."""
+
+    __slots__ = ("view",)
+
+    def __init__(self, view: HostView) -> None:
+        self.view = view
+
+    def collect(self) -> Iterator[Metric]:
+        return families(self.view)
 
 
 def _alive(pid: int) -> bool:

@@ -223,8 +223,6 @@ class RedisBroker:
         self.stats = BrokerStats()
         #: events held in history, cluster-wide (refreshed by the worker's rows task)
         self.held = 0
-        #: cross-host delivery latency (publish to fan-out), histogram as the control plane keeps it
-        self.on_latency: Callable[[float], None] | None = None
         # the channel keys of recently used channels: building them costs more than the lookup
         self._key_cache: dict[str, tuple[_Shard, tuple[str, str, str], str]] = {}
 
@@ -669,9 +667,7 @@ class RedisBroker:
     def _deliver(self, channel: str, message: Message) -> None:
         frame = frame_event(message.payload, message.offset)
         self.hub.fan_out(channel, message.event_type, message.source, message.priority, message.publisher,
-                         message.target, frame, message.offset)
-        if self.on_latency is not None:
-            self.on_latency(time.time() - message.published_at)
+                         message.target, frame, message.offset, message.published_at)
 
     def _reset(self, watch: _Watch, epoch: str | None, last: int = 0) -> None:
         """The channel's stream restarted (Redis lost it): its subscribers' positions mean nothing

@@ -29,7 +29,7 @@ from .. import __version__
 from ..auth import log_auth_mode
 from ..broker import SharedSegment
 from ..config import Settings, read_config_file
-from ..control import Flags, WorkerStats
+from ..control import Flags
 from ..core import IMPLEMENTATION
 
 __all__ = ["Supervisor"]
@@ -162,7 +162,8 @@ class Supervisor:
         backoff = BACKOFF_START
         restarts = 0
         while not self.stopping:
-            segment.plane.write_worker(index, WorkerStats(state="starting", restarts=restarts))
+            # counters continue from the row's previous worker (WorkerStats.continued): never back
+            segment.plane.write_worker(index, segment.plane.read_worker(index).continued(restarts))
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "fastws.server.worker", orjson.dumps({**spec, "index": index}).decode(),
                 pass_fds=fds,
@@ -174,8 +175,9 @@ class Supervisor:
             code = await process.wait()
             if self.stopping:
                 return
-            segment.plane.write_worker(index, WorkerStats(state="starting", restarts=restarts + 1))
+            segment.plane.write_worker(index, segment.plane.read_worker(index).continued(restarts + 1))
             segment.plane.clear_counts(index)  # its connections died with it
+            segment.plane.write_tenants(index, [])
             if loop.time() - started > HEALTHY_AFTER:
                 backoff = BACKOFF_START
             log.warning("worker %d (pid %d) exited with %s; starting it again in %.1f s", index, process.pid, code, backoff)

@@ -144,6 +144,13 @@ class Connection(WSListener):
         self.server.connections.add(self)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
+        handshake = transport.close_handshake
+        if handshake is None:
+            self.server.hub.metrics.record_close(codes.ABNORMAL_CLOSURE, False)  # the peer dropped it
+        elif handshake.sent is not None and not handshake.recv_then_sent:
+            self.server.hub.metrics.record_close(int(handshake.sent.code), True)
+        else:
+            self.server.hub.metrics.record_close(int(handshake.recv.code), False)  # type: ignore[union-attr]
         self._closing = True
         self._pending = None
         self._fragments = None
@@ -365,7 +372,7 @@ class Connection(WSListener):
         budget.used += len(frame)
         limit = server.settings.limits.max_send_buffer
         if backlog.nbytes > limit:
-            budget.used -= backlog.shed(low_water(limit), server.hub.metrics.drops)
+            budget.used -= backlog.shed(low_water(limit), server.hub.metrics.drop_reasons[0])
             if backlog.nbytes > limit:
                 self.overflow("slow consumer: critical events could not be delivered")
                 return
@@ -376,13 +383,13 @@ class Connection(WSListener):
         """Drop droppable events until at most ``target`` bytes wait (Server.relieve_budget)."""
         backlog = self.backlog
         if backlog is not None:
-            self.server.budget.used -= backlog.shed(target, self.server.hub.metrics.drops)
+            self.server.budget.used -= backlog.shed(target, self.server.hub.metrics.drop_reasons[1])
 
     def overflow(self, reason: str) -> None:
         """Close with 4008: what waits cannot be delivered within the bounds (critical events count as dropped)."""
         backlog = self.backlog
         if backlog is not None:
-            self.server.hub.metrics.drops[3] += backlog.critical
+            self.server.hub.metrics.drop_reasons[2][3] += backlog.critical
         self.close(codes.SLOW_CONSUMER, reason)
 
     def _drop_backlog(self) -> None:

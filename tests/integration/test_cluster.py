@@ -607,6 +607,7 @@ async def test_flags_and_delete_across_hosts(deployment):
     vips_h1 = await deployment.spread(h1, "vip", count=2)
     code, body = await h1.http("PUT", "/api/websocket", body={"flags": {"tenants": {"keep": "on"}}})
     assert code == 200
+    await asyncio.sleep(FLAG_BOUND)  # a change reaches every worker of host 2 within it (shown above)
     keep = await deployment.connect(h2, "keep", "u")
     targets = [c for groups in (vips, vips_h1) for cs in groups.values() for c in cs]
     code, body = await h1.http("DELETE", "/api/websocket?tenant_id=vip")

@@ -8,7 +8,10 @@ from hypothesis import strategies as st
 
 from fastws.control import ControlPlane, Flags, WorkerStats, v2_enabled_for
 from fastws.control.flags import tenant_bucket
-from fastws.control.layout import COMMAND_SLOTS, LATENCY_BUCKETS, pack_worker, unpack_worker
+from fastws.control.layout import (
+    CLOSE_SLOTS, COMMAND_SLOTS, DROP_REASONS, LATENCY_BUCKETS, RATE_LIMITS, TENANT_SLOTS, TenantRow, close_slot,
+    pack_worker, unpack_worker,
+)
 from fastws.exceptions import ProtocolError
 
 u64 = st.integers(0, 2**64 - 1)
@@ -20,8 +23,12 @@ workers = st.builds(
     started_at=st.floats(0, 2e9),
     heartbeat=st.floats(0, 2e9),
     connections=u64, total_connections=u64, messages_in=u64, events_published=u64,
-    events_sent=u64, bytes_in=u64, bytes_out=u64,
-    drops=st.lists(u64, min_size=4, max_size=4),
+    events_sent=u64, bytes_in=u64, bytes_out=u64, errors=u64, published_ws=u64, published_rest=u64,
+    history_events=u64, history_bytes=u64, log_lag=u64, broker_errors=u64, broker_reconnects=u64,
+    loop_lag=st.floats(0, 1e6), redis_lag=st.floats(0, 1e6), latency_sum=st.floats(0, 1e12),
+    rate_limited=st.lists(u64, min_size=len(RATE_LIMITS), max_size=len(RATE_LIMITS)),
+    drop_reasons=st.lists(u64, min_size=4 * len(DROP_REASONS), max_size=4 * len(DROP_REASONS)),
+    disconnects=st.lists(u64, min_size=2 * len(CLOSE_SLOTS) + 2, max_size=2 * len(CLOSE_SLOTS) + 2),
     latency=st.lists(u64, min_size=LATENCY_BUCKETS, max_size=LATENCY_BUCKETS),
     bus_position=u64,
     commands=st.lists(st.tuples(st.integers(1, 2**64 - 1), u64), max_size=COMMAND_SLOTS),
@@ -53,6 +60,46 @@ def test_flags_round_trip_through_the_plane(flags):
     assert read == written and read.generation == before + 1
     assert (read.websocket_v2, read.rollout_percent, read.existing, read.overrides, read.source) == (
         flags.websocket_v2, flags.rollout_percent, flags.existing, flags.overrides, flags.source)
+
+
+@given(workers, st.integers(0, 2**16 - 1))
+def test_a_continued_row_keeps_every_counter_and_no_gauge(stats, restarts):
+    """The row a worker is started again in keeps its predecessor's counters (so totals never go
+    back) and none of its gauges or identity."""
+    continued = stats.continued(restarts)
+    for name in ("total_connections", "messages_in", "events_published", "events_sent", "bytes_in", "bytes_out",
+                 "errors", "published_ws", "published_rest", "broker_errors", "broker_reconnects",
+                 "rate_limited", "drop_reasons", "disconnects", "latency", "latency_sum"):
+        assert getattr(continued, name) == getattr(stats, name), name
+    assert (continued.state, continued.restarts, continued.pid, continued.connections, continued.loop_lag,
+            continued.history_events, continued.commands) == ("starting", restarts, 0, 0, 0.0, 0, [])
+
+
+def test_drops_by_priority_sum_the_reasons():
+    stats = WorkerStats(drop_reasons=[1, 2, 3, 4, 10, 20, 30, 40, 0, 0, 0, 5])
+    assert stats.drops == [11, 22, 33, 49]
+    assert stats.to_json()["drops"] == [11, 22, 33, 49]
+
+
+def test_close_slots():
+    """Every close code fastws sends, and the RFC's, have a slot; any other code shares the last."""
+    assert close_slot(1000) == 0 and CLOSE_SLOTS[close_slot(4008)] == 4008
+    assert close_slot(4321) == close_slot(3000) == len(CLOSE_SLOTS)
+    assert 1006 in CLOSE_SLOTS and 1005 in CLOSE_SLOTS
+
+
+def test_tenant_tables():
+    """Each worker's tenant table reads back what it wrote, at most TENANT_SLOTS rows, and is
+    replaced whole by the next write."""
+    plane = ControlPlane.create(bytearray(ControlPlane.layout_size(3, 8)), 3, 8)
+    rows = [TenantRow(f"t{i}", i, 10 * i, 2**40 + i) for i in range(TENANT_SLOTS + 5)]
+    plane.write_tenants(1, rows)
+    assert plane.read_tenants(1) == rows[:TENANT_SLOTS]
+    assert plane.read_tenants(0) == [] and plane.read_tenants(2) == []
+    plane.write_tenants(1, [TenantRow("x" * 64, 1, 2, 3)])
+    assert plane.read_tenants(1) == [TenantRow("x" * 64, 1, 2, 3)]
+    with pytest.raises(IndexError):
+        plane.read_tenants(3)
 
 
 def test_rows_and_attach():
