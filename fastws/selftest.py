@@ -20,6 +20,7 @@ from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from .client import Client, CommandError
 from .publisher import AsyncPublisher, PublishError
@@ -37,6 +38,11 @@ def _expect(condition: bool, message: str) -> None:
 
 
 async def _http(base_url: str, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    code, body = await _http_raw(base_url, method, path, headers)
+    return code, orjson.loads(body) if body else None
+
+
+async def _http_raw(base_url: str, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     parts = urlsplit(base_url)
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
     lines = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
@@ -44,7 +50,7 @@ async def _http(base_url: str, method: str, path: str, headers: dict[str, str] |
     raw = await asyncio.wait_for(reader.read(), 10)
     writer.close()
     head, _, body = raw.partition(b"\r\n\r\n")
-    return int(head.split()[1]), orjson.loads(body) if body else None
+    return int(head.split()[1]), body
 
 
 async def _next_event(client: Client, timeout: float = 5.0) -> dict[str, Any]:
@@ -193,6 +199,22 @@ async def run_selftest(base_url: str, ws_url: str, token: str | None = None, out
         _expect(not bob.recovery_failures, f"recovery failed for {bob.recovery_failures}")
         return "3 missed events replayed after reconnecting"
 
+    async def metrics() -> str:
+        # other workers' figures are at most 100 ms old (each writes its row every 100 ms)
+        for _ in range(10):
+            code, body = await _http_raw(base_url, "GET", "/metrics", auth)
+            _expect(code == 200, f"HTTP {code}: {body[:200]!r}")
+            samples = {sample.name: sample.value for family in text_string_to_metric_families(body.decode())
+                       for sample in family.samples if not sample.labels}
+            if samples.get("fastws_connections", 0) >= 3:
+                break
+            await asyncio.sleep(0.1)
+        # this run's own three clients are open, and its publishes were counted
+        _expect(samples.get("fastws_connections", 0) >= 3, "fewer than this run's 3 connections")
+        _expect(samples.get("fastws_connections_opened_total", 0) >= 3, "connections opened not counted")
+        _expect(samples.get("fastws_messages_sent_total", 0) >= 1, "deliveries not counted")
+        return f"{int(samples['fastws_connections'])} connections, {int(samples['fastws_messages_sent_total'])} deliveries"
+
     try:
         await check("status", status)
         await check("connection info", info)
@@ -206,6 +228,7 @@ async def run_selftest(base_url: str, ws_url: str, token: str | None = None, out
             await check("tenant isolation", isolation)
             await check("error codes", error_codes)
             await check("reconnect and recovery", recovery)
+            await check("metrics", metrics)
     finally:
         for each in clients:
             if each.connection_status != "disconnected":
