@@ -87,7 +87,6 @@ class Metrics:
     active_connections: int = 0
     #: frames of events delivered to connections (one event to 10 connections counts 10)
     events_sent: int = 0
-    events_published: int = 0
     messages_received: int = 0
     #: bytes of client messages received, and of frames written to connections
     bytes_received: int = 0
@@ -113,6 +112,11 @@ class Metrics:
     def drops(self) -> list[int]:
         """Events dropped by priority rank, whatever the reason."""
         return [sum(column) for column in zip(*self.drop_reasons)]
+
+    @property
+    def events_published(self) -> int:
+        """Events this worker's clients published (WebSocket and REST)."""
+        return self.published_ws + self.published_rest
 
     def record_close(self, code: int, by_server: bool) -> None:
         """A connection ended with ``code`` (1006: no close frame), the first close frame sent by the
@@ -719,7 +723,6 @@ class Hub:
         )
         if ack_to is not None:
             ack_to.send_json(encode_ack(ref, id=event.id, offset=offset))
-        self.metrics.events_published += 1
         self.fan_out(
             event.channel, event.event_type, event.source, event.priority, event.publisher, event.target_user, frame, offset
         )
@@ -739,7 +742,6 @@ class Hub:
                 metrics.errors += 1
                 reply = encode_error(error.code, error.message, ref)
             else:
-                metrics.events_published += 1
                 metrics.published_ws += 1
                 self._tenant(event.tenant_id).published_here += 1
                 if ref is not None:
@@ -761,7 +763,6 @@ class Hub:
 
     async def _deliver_remote(self, events: list[Event]) -> list[int]:
         offsets = await self._broker.publish_all(events)  # type: ignore[attr-defined]
-        self.metrics.events_published += len(offsets)
         self.metrics.published_rest += len(offsets)
         self._tenant(events[0].tenant_id).published_here += len(offsets)
         return offsets

@@ -139,7 +139,6 @@ class WorkerControl:
         metrics = self.server.hub.metrics
         metrics.total_connections += base.total_connections
         metrics.messages_received += base.messages_in
-        metrics.events_published += base.events_published
         metrics.events_sent += base.events_sent
         metrics.bytes_received += base.bytes_in
         metrics.bytes_sent += base.bytes_out
@@ -379,7 +378,7 @@ class WorkerControl:
             latency_sum=self.latency_sum,
             bus_position=broker.position_applied if broker is not None else 0,
             commands=list(broker.command_results) if broker is not None else [],
-            restarts=self.plane.read_worker(self.worker).restarts,
+            restarts=self._base.restarts,  # the supervisor wrote it before starting this worker
         )
 
     def publish_stats(self, state: str | None = None) -> None:
