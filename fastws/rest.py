@@ -304,8 +304,12 @@ class RestAPI:
         if token is None:
             raise ProtocolError(codes.UNAUTHORIZED)
         identity = self.hub.authenticator.verify(token)  # type: ignore[union-attr]
-        if _needs_admin(request) and not identity.admin:
-            raise ProtocolError(codes.FORBIDDEN, "an admin token is required")
+        if _needs_admin(request):
+            if not identity.admin:
+                raise ProtocolError(codes.FORBIDDEN, "an admin token is required")
+            # an admin operation acts on the tenant and user it names, never as the token's own
+            # (a DELETE naming a tenant would otherwise close only the token's user's connections)
+            return
         headers = request.headers
         for name, value in (("x-tenant-id", identity.tenant_id), ("x-user-id", identity.user_id)):
             given = headers.get(name)
@@ -431,21 +435,27 @@ class RestAPI:
         """Disconnect a tenant's connections (and a user's, and one connection): the tenant and user
         from the query (``tenant_id``, ``user_id``) or, as the seed's apps send them, from the
         X-Tenant-ID and X-User-ID headers; the query wins where both are given."""
-        query = request.query
-        headers = request.headers
-        tenant_id = query.get("tenant_id") or headers.get("x-tenant-id")
+        tenant_id = self._query_or_header(request, "tenant_id", "x-tenant-id", validate_tenant_id)
         if tenant_id is None:
             raise ProtocolError(codes.MISSING_FIELD, "the tenant is required: ?tenant_id= or the X-Tenant-ID header")
-        tenant_id = validate_tenant_id(tenant_id)
-        user_id = query.get("user_id") or headers.get("x-user-id") or None
-        if user_id is not None:
-            validate_user_id(user_id)
-        connection_id = query.get("connection_id")
+        user_id = self._query_or_header(request, "user_id", "x-user-id", validate_user_id)
+        connection_id = request.query.get("connection_id")
         if connection_id is not None and not 0 < len(connection_id) <= 64:
             raise ProtocolError(codes.INVALID_FIELD, "'connection_id' is not a connection id")
         if self.control is None:
             raise ProtocolError(codes.SERVICE_UNAVAILABLE, "disconnecting needs a running server")
         return self._disconnect(tenant_id, user_id, connection_id)
+
+    @staticmethod
+    def _query_or_header(request: Request, name: str, header: str, validate: Callable[[object], str]) -> str | None:
+        """An id from the query or, failing that, the header (empty counts as absent); each one given
+        is checked, so a malformed header is refused even where the query's value wins."""
+        from_query = request.query.get(name) or None
+        from_header = request.headers.get(header) or None
+        for value in (from_query, from_header):
+            if value is not None:
+                validate(value)
+        return from_query or from_header
 
     async def _disconnect(self, tenant_id: str, user_id: str | None, connection_id: str | None) -> Response:
         count = await self.control.disconnect(tenant_id, user_id, connection_id)  # type: ignore[union-attr]
