@@ -39,7 +39,7 @@ from .history import payload_of
 from .auth import OriginPolicy, bearer_token
 from .proxies import is_loopback
 from .hub import Event, Hub
-from .messages import decode_publish, iso_timestamp
+from .messages import decimal, decode_publish, iso_timestamp
 
 __all__ = ["Request", "Response", "RestAPI", "WEBSOCKET_PATH", "error_response"]
 
@@ -96,9 +96,10 @@ def _int_param(query: dict[str, str], name: str, default: int, low: int, high: i
     value = query.get(name)
     if value is None or value == "":
         return default
-    if not value.isdigit() or not low <= int(value) <= high:
+    number = decimal(value)
+    if number is None or not low <= number <= high:
         raise ProtocolError(codes.INVALID_FIELD, f"'{name}' must be an integer from {low} to {high}")
-    return int(value)
+    return number
 
 
 def _same_origin(origin: str, host: str | None) -> bool:

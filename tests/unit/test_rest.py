@@ -110,3 +110,11 @@ async def test_delete_checks_the_identity_header_even_where_the_query_wins():
     request = Request("DELETE", "/api/websocket", {"tenant_id": "a", "user_id": ""}, {"x-user-id": "h"}, b"", "127.0.0.1")
     assert (await rest.handle(request)).status == 200
     assert rest.control.disconnects == [("a", "h", None)]
+
+
+def test_history_bounds_refuse_non_ascii_and_overlong_digits():
+    """?since= and ?limit= of Unicode digits or thousands of digits are 400 invalid_field, never a 500."""
+    rest = api()
+    for query in ({"since": "\u00b2"}, {"limit": "\u0663"}, {"since": "9" * 5000}, {"limit": "0" * 5000 + "5"}):
+        response = rest.handle(Request("GET", "/api/websocket/history", query, {"x-tenant-id": "t"}))
+        assert (response.status, orjson.loads(response.body)["error"]["code"]) == (400, "invalid_field"), query
