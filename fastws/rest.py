@@ -11,6 +11,7 @@ Routes (all JSON)::
     GET    /healthz                       liveness
     GET    /readyz                        readiness (503 while draining)
     GET    /ws                            426 (or why an upgrade would be refused): the upgrade is the only use
+    GET    /api/openapi.json              the OpenAPI 3.1 description of all of these (fastws.openapi)
     GET    /dashboard, /static/...        the dashboard and its files (fastws.assets), without a token
 
 HEAD is served wherever GET is, without the body.
@@ -41,7 +42,7 @@ from .proxies import is_loopback
 from .hub import Event, Hub
 from .messages import decimal, decode_publish, iso_timestamp
 
-__all__ = ["Request", "Response", "RestAPI", "WEBSOCKET_PATH", "error_response"]
+__all__ = ["Request", "Response", "RestAPI", "OPENAPI_PATH", "WEBSOCKET_PATH", "error_response"]
 
 log = logging.getLogger("fastws.rest")
 
@@ -74,8 +75,10 @@ class Response:
 MAX_HISTORY_LIMIT = 1000
 #: the path of WebSocket upgrades
 WEBSOCKET_PATH = "/ws"
+#: the path of the API's OpenAPI description
+OPENAPI_PATH = "/api/openapi.json"
 #: answered without a token (an upgrade on WEBSOCKET_PATH checks its own)
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", WEBSOCKET_PATH})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", WEBSOCKET_PATH, OPENAPI_PATH})
 
 
 def _allow(methods: Iterable[str]) -> bytes:
@@ -202,7 +205,10 @@ class RestAPI:
             "/readyz": {"GET": self.get_ready},
             # a GET that asks for a WebSocket is upgraded before it gets here (fastws.server.http)
             WEBSOCKET_PATH: {"GET": self.get_websocket},
+            OPENAPI_PATH: {"GET": self.get_openapi},
         }
+        #: (the settings it describes, the encoded document), built on first request and after a reload
+        self._openapi: tuple[Settings, bytes] | None = None
         #: every method some route serves, for the Allow header of a request no route could serve
         self.allow = _allow({method: None for methods in self._routes.values() for method in methods})
 
@@ -568,6 +574,15 @@ class RestAPI:
 
     def get_websocket(self, request: Request) -> Response:
         return error_response(codes.UPGRADE_REQUIRED, "connect with a WebSocket client", [(b"Upgrade", b"websocket")])
+
+    def get_openapi(self, request: Request) -> Response:
+        described = self._openapi
+        if described is None or described[0] is not self.settings:
+            # imported here: fastws.openapi reads this module's paths and bounds
+            from .openapi import document
+
+            described = self._openapi = (self.settings, orjson.dumps(document(self.settings)))
+        return Response(200, described[1])
 
     def get_health(self, request: Request) -> Response:
         return _ok({"status": "ok"})
