@@ -27,6 +27,9 @@ descriptions say when.
 tests/unit/test_openapi.py checks the document against the routes and the
 handlers; tests/integration/test_openapi_live.py runs schemathesis against
 live servers with it.
+
+The module is longer than most (the document is mostly data): one place for
+all of it, as codes.py is for the codes.
 """
 
 from __future__ import annotations
@@ -144,14 +147,13 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
-def _ok(properties: dict[str, Any], required: Iterable[str] | None = None, **extra: Any) -> dict[str, Any]:
-    """A success body: ``{"success": true, ...}``."""
+def _ok(properties: dict[str, Any]) -> dict[str, Any]:
+    """A success body: ``{"success": true, ...}`` with every property given."""
     return {
         "type": "object",
         "properties": {"success": {"const": True}, **properties},
-        "required": ["success", *(properties if required is None else required)],
+        "required": ["success", *properties],
         "additionalProperties": False,
-        **extra,
     }
 
 
@@ -429,8 +431,6 @@ def _error_responses(error_codes: Iterable[str]) -> dict[str, Any]:
         headers = {}
         if codes.RATE_LIMITED in names:
             headers["Retry-After"] = _RETRY_AFTER
-        if codes.METHOD_NOT_ALLOWED in names:
-            headers["Allow"] = {"description": "the methods the path serves", "schema": {"type": "string"}}
         if codes.UPGRADE_REQUIRED in names:
             headers["Upgrade"] = {"description": "websocket (upgrade_required)", "schema": {"const": "websocket"}}
             headers["Sec-WebSocket-Version"] = {
@@ -725,7 +725,7 @@ def document(settings: Settings) -> dict[str, Any]:
                 "that serves no route is 404 not_found, a method it does not serve 405 method_not_allowed "
                 "with an Allow header.\n\n"
                 f"{security_note} Without a key, every operation is open and admin operations are "
-                "accepted from loopback only (open_admin). With a key, /healthz, /readyz, this description "
+                "accepted from loopback only (unless open_admin is \"any\"). With a key, /healthz, /readyz, this description "
                 "and the dashboard's files need none, and public_status opens the basic status.\n\n"
                 "Browsers of another origin are served CORS headers when the origin is in allowed_origins; "
                 "from an origin not allowed, anything but GET and HEAD is 403 origin_not_allowed and not "
@@ -809,6 +809,9 @@ def _options_operation(path: str) -> dict[str, Any]:
                 "Access-Control-Allow-Methods": {"schema": {"type": "string"}},
                 "Access-Control-Allow-Headers": {"schema": {"type": "string"}},
                 "Access-Control-Max-Age": {"schema": {"type": "string"}},
+                "Access-Control-Allow-Credentials": {"schema": {"const": "true"},
+                                                     "description": "with cors_credentials set"},
+                "Vary": {"schema": {"type": "string"}},
             },
         }},
         tags=["websocket"],
