@@ -49,6 +49,8 @@ __all__ = ["OPENAPI_VERSION", "OPERATION_ERRORS", "document"]
 
 OPENAPI_VERSION: Final = "3.1.0"
 JSON: Final = "application/json"
+#: an operation's security requirements: any one of them will do ([]: none needed)
+Security = list[dict[str, list[str]]]
 
 # -- the codes each operation answers ----------------------------------------------------------
 
@@ -501,7 +503,7 @@ def _operation(
     description: str = "",
     parameters: list[dict[str, Any]] | None = None,
     body: dict[str, Any] | None = None,
-    security: list[dict[str, list[str]]] | None = None,
+    security: Security | None = None,
 ) -> dict[str, Any]:
     operation: dict[str, Any] = {"operationId": operation_id, "summary": summary, "tags": tags}
     if description:
@@ -521,9 +523,9 @@ def document(settings: Settings) -> dict[str, Any]:
     limits = settings.limits
     open_mode = not (settings.jwt_secret or settings.jwt_keys_file)
     #: with a key: a token, in the Authorization header or (as browsers' WebSockets send it) the query
-    token = [{"bearerAuth": []}, {"tokenQuery": []}]
+    token: Security = [{"bearerAuth": []}, {"tokenQuery": []}]
     #: on public paths, and everywhere in open mode
-    public: list[dict[str, list[str]]] = []
+    public: Security = []
     secured = public if open_mode else token
     status_security = public if open_mode else [{}, *token] if settings.public_status else token
     admin_note = (
@@ -725,8 +727,9 @@ def document(settings: Settings) -> dict[str, Any]:
                 "that serves no route is 404 not_found, a method it does not serve 405 method_not_allowed "
                 "with an Allow header.\n\n"
                 f"{security_note} Without a key, every operation is open and admin operations are "
-                "accepted from loopback only (unless open_admin is \"any\"). With a key, /healthz, /readyz, this description "
-                "and the dashboard's files need none, and public_status opens the basic status.\n\n"
+                "accepted from loopback only (unless open_admin is \"any\"). With a key, /healthz, /readyz, "
+                "this description and the dashboard's files need none, and public_status opens the basic "
+                "status.\n\n"
                 "Browsers of another origin are served CORS headers when the origin is in allowed_origins; "
                 "from an origin not allowed, anything but GET and HEAD is 403 origin_not_allowed and not "
                 "acted on."
@@ -754,7 +757,7 @@ def document(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _websocket_operation(open_mode: bool, token: list, public: list) -> dict[str, Any]:
+def _websocket_operation(open_mode: bool, token: Security, public: Security) -> dict[str, Any]:
     identity = ("required: no token is read in open mode" if open_mode else
                 "the token's when absent or empty; another's needs an admin token (else 403 forbidden)")
     filters = [

@@ -36,6 +36,7 @@ from fastws.server.redis_broker import RedisBroker
 SECRET = "openapi-unit-test-secret-0123456789"
 OPEN = Settings()
 AUTH = Settings(jwt_secret=SECRET)
+JSON = "application/json"
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 
@@ -59,8 +60,12 @@ def error_codes(spec: dict[str, Any], operation: dict[str, Any]) -> dict[str, se
 # -- the document itself ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("settings", [OPEN, AUTH, Settings(jwt_secret=SECRET, public_status=True),
-                                      Settings.from_dict({"open_admin": "any", "max_batch": 7})], ids=["open", "auth", "public", "any"])
+@pytest.mark.parametrize(
+    "settings",
+    [OPEN, AUTH, Settings(jwt_secret=SECRET, public_status=True),
+     Settings.from_dict({"open_admin": "any", "max_batch": 7})],
+    ids=["open", "auth", "public", "any"],
+)
 def test_document_is_valid_openapi_3_1(settings):
     """The document validates as OpenAPI 3.1 (openapi-spec-validator), and round-trips through JSON."""
     spec = document(settings)
@@ -188,8 +193,8 @@ def derived_errors(method: str, path: str) -> set[str]:
     found = _front_codes()
     if path == WEBSOCKET_PATH:
         # the upgrade (handshake, then the Server's checks and admission), the plain GET's probe, the 426
-        return (found | codes_reached(HttpProtocol._upgrade, HttpProtocol) | codes_reached(Server.probe_websocket, Server)
-                | codes_reached(RestAPI.get_websocket, RestAPI))
+        return (found | codes_reached(HttpProtocol._upgrade, HttpProtocol)
+                | codes_reached(Server.probe_websocket, Server) | codes_reached(RestAPI.get_websocket, RestAPI))
     rest = RestAPI(Hub(OPEN.limits), OPEN)
     if path not in rest._routes:  # the dashboard's files: 405 answers the methods that are no operation
         return found | codes_reached(StaticFiles.handle, StaticFiles) - {codes.METHOD_NOT_ALLOWED}
@@ -270,7 +275,7 @@ class Checker:
         path, _, query_text = target.partition("?")
         query = dict(pair.partition("=")[::2] for pair in query_text.split("&") if pair)
         raw = body if isinstance(body, bytes) else b"" if body is None else orjson.dumps(body)
-        headers = {name.lower(): value for name, value in {"content-type": "application/json", **(headers or {})}.items()}
+        headers = {name.lower(): value for name, value in {"content-type": JSON, **(headers or {})}.items()}
         answer: Response | Awaitable[Response] = self.rest.handle(Request(method, path, query, headers, raw, client))
         response = answer if isinstance(answer, Response) else await answer
         described = self.operations[(method, operation or path)]
@@ -294,6 +299,12 @@ class Checker:
         self.seen.add((method, operation or path, response.status))
         return response.status, data
 
+    async def code(self, *args: Any, **kwargs: Any) -> str:
+        """The error code of a request's answer."""
+        status, data = await self(*args, **kwargs)
+        assert status >= 400, (status, data)
+        return data["error"]["code"]
+
 
 async def test_answers_of_the_open_api_follow_the_document():
     """Open mode: every route's success and error answers (each body against its schema)."""
@@ -302,8 +313,8 @@ async def test_answers_of_the_open_api_follow_the_document():
     check = Checker(settings)
     tenant = {"X-Tenant-ID": "acme", "X-User-ID": "alice"}
     assert (await check("GET", "/api/websocket", tenant))[0] == 200
-    assert (await check("GET", "/api/websocket"))[1]["error"]["code"] == codes.MISSING_HEADER
-    assert (await check("GET", "/api/websocket", {"X-Tenant-ID": "a b"}))[1]["error"]["code"] == codes.INVALID_TENANT_ID
+    assert await check.code("GET", "/api/websocket") == codes.MISSING_HEADER
+    assert await check.code("GET", "/api/websocket", {"X-Tenant-ID": "a b"}) == codes.INVALID_TENANT_ID
     publishes = [
         ({"event": "made", "payload": {"n": 1}, "priority": "high", "source": None}, 200),
         ([{"event": "a"}, {"event": "b", "targetUserId": "bob"}], 200),
@@ -327,13 +338,12 @@ async def test_answers_of_the_open_api_follow_the_document():
         assert (status if expected == 200 else data["error"]["code"]) == expected, body
     status, data = await check("POST", "/api/websocket", {**tenant, "Content-Type": "text/plain"}, {"event": "e"})
     assert data["error"]["code"] == codes.UNSUPPORTED_MEDIA_TYPE
-    assert (await check("POST", "/api/websocket", {"X-Tenant-ID": "acme"}, {"event": "e"}))[1]["error"]["code"] \
-        == codes.MISSING_HEADER
+    assert await check.code("POST", "/api/websocket", {"X-Tenant-ID": "acme"}, {"event": "e"}) == codes.MISSING_HEADER
     for _ in range(10):  # the tenant's bucket holds 8
         status, data = await check("POST", "/api/websocket", tenant, {"event": "e"})
     assert data["error"]["code"] == codes.RATE_LIMITED
     check.rest.hub.draining = True
-    assert (await check("POST", "/api/websocket", tenant, {"event": "e"}))[1]["error"]["code"] == codes.SERVICE_UNAVAILABLE
+    assert await check.code("POST", "/api/websocket", tenant, {"event": "e"}) == codes.SERVICE_UNAVAILABLE
     check.rest.hub.draining = False
 
     history = "/api/websocket/history"
@@ -342,22 +352,21 @@ async def test_answers_of_the_open_api_follow_the_document():
     for query, expected in (("channel=x:globex", codes.FORBIDDEN_CHANNEL), ("channel=a:b:c", codes.INVALID_CHANNEL),
                             ("limit=0", codes.INVALID_FIELD), ("limit=1001", codes.INVALID_FIELD),
                             ("since=-1", codes.INVALID_FIELD)):
-        assert (await check("GET", f"{history}?{query}", tenant))[1]["error"]["code"] == expected, query
-    assert (await check("GET", history, {"X-Tenant-ID": "acme", "X-User-ID": "\x7f"}))[1]["error"]["code"] \
-        == codes.INVALID_USER_ID
+        assert await check.code("GET", f"{history}?{query}", tenant) == expected, query
+    assert await check.code("GET", history, {"X-Tenant-ID": "acme", "X-User-ID": "\x7f"}) == codes.INVALID_USER_ID
 
     flags = {"flags": {"websocket_v2": "off", "rollout_percent": 50, "existing": "keep", "tenants": {"vip": "on"}}}
     assert (await check("PUT", "/api/websocket", body=flags))[1]["flags"]["tenants"] == {"vip": "on"}
     for body, expected in (({}, codes.MISSING_FIELD), ({"flags": {}}, codes.INVALID_FIELD),
                            ({"flags": {"tenants": {"a b": "on"}}}, codes.INVALID_TENANT_ID)):
-        assert (await check("PUT", "/api/websocket", body=body))[1]["error"]["code"] == expected, body
+        assert await check.code("PUT", "/api/websocket", body=body) == expected, body
     assert (await check("GET", "/api/websocket", tenant))[1]["websocket"]["nextjs"]["status"] == "disabled"
-    assert (await check("PUT", "/api/websocket", body=flags, client="203.0.113.9"))[1]["error"]["code"] == codes.FORBIDDEN
+    assert await check.code("PUT", "/api/websocket", body=flags, client="203.0.113.9") == codes.FORBIDDEN
 
     assert (await check("DELETE", "/api/websocket?tenant_id=acme&user_id=alice&connection_id=c"))[0] == 200
     for target, expected in (("", codes.MISSING_FIELD), ("?tenant_id=a%20b", codes.INVALID_TENANT_ID),
                              ("?tenant_id=a&connection_id=" + "c" * 65, codes.INVALID_FIELD)):
-        assert (await check("DELETE", f"/api/websocket{target}"))[1]["error"]["code"] == expected, target
+        assert await check.code("DELETE", f"/api/websocket{target}") == expected, target
 
     for query in ("", "?detailed=true", "?detailed=no"):
         assert (await check("GET", f"/api/websocket/status{query}"))[0] == 200
@@ -365,16 +374,16 @@ async def test_answers_of_the_open_api_follow_the_document():
     assert (await check("GET", "/healthz"))[0] == 200
     assert (await check("GET", "/readyz"))[0] == 200
     check.rest.state = lambda: "draining"
-    assert (await check("GET", "/readyz"))[1]["error"]["code"] == codes.SERVICE_UNAVAILABLE
+    assert await check.code("GET", "/readyz") == codes.SERVICE_UNAVAILABLE
     assert (await check("GET", "/api/websocket/status"))[1]["websocket"]["status"] == "draining"
-    assert (await check("GET", WEBSOCKET_PATH))[1]["error"]["code"] == codes.UPGRADE_REQUIRED
+    assert await check.code("GET", WEBSOCKET_PATH) == codes.UPGRADE_REQUIRED
     status, data = await check("GET", OPENAPI_PATH)
     assert data == document(settings)
     for path in PREFLIGHT_PATHS:
         assert (await check("OPTIONS", path))[0] == 204
         assert (await check("OPTIONS", path, {"Origin": "https://elsewhere.example"}))[0] == 403
-    assert (await check("POST", "/api/websocket", {**tenant, "Origin": "https://elsewhere.example"}, {"event": "e"}))[1][
-        "error"]["code"] == codes.ORIGIN_NOT_ALLOWED
+    foreign = {**tenant, "Origin": "https://elsewhere.example"}
+    assert await check.code("POST", "/api/websocket", foreign, {"event": "e"}) == codes.ORIGIN_NOT_ALLOWED
     assert (await check("GET", "/dashboard"))[0] == 200
     status, _ = await check("GET", "/static/dashboard.js", operation="/static/{path}")
     etag = next(value.decode() for name, value in check.rest.static.handle(
@@ -391,21 +400,21 @@ async def test_answers_with_tokens_follow_the_document():
     user = {"Authorization": f"Bearer {authenticator.mint('acme', 'alice')}"}
     admin = {"Authorization": f"Bearer {authenticator.mint('ops', 'root', admin=True)}"}
     expired = {"Authorization": f"Bearer {authenticator.mint('acme', 'alice', now=time.time() - 7200)}"}
-    assert (await check("GET", "/api/websocket"))[1]["error"]["code"] == codes.UNAUTHORIZED
-    assert (await check("GET", "/api/websocket", {"Authorization": "Bearer nope"}))[1]["error"]["code"] == codes.UNAUTHORIZED
-    assert (await check("GET", "/api/websocket", expired))[1]["error"]["code"] == codes.TOKEN_EXPIRED
+    assert await check.code("GET", "/api/websocket") == codes.UNAUTHORIZED
+    assert await check.code("GET", "/api/websocket", {"Authorization": "Bearer nope"}) == codes.UNAUTHORIZED
+    assert await check.code("GET", "/api/websocket", expired) == codes.TOKEN_EXPIRED
     assert (await check("GET", "/api/websocket", user))[1]["websocket"]["tenant_id"] == "acme"
-    assert (await check("POST", "/api/websocket", {**user, "X-Tenant-ID": "globex"}, {"event": "e"}))[1]["error"][
-        "code"] == codes.FORBIDDEN
+    other_tenant = {**user, "X-Tenant-ID": "globex"}
+    assert await check.code("POST", "/api/websocket", other_tenant, {"event": "e"}) == codes.FORBIDDEN
     assert (await check("POST", "/api/websocket", {**admin, "X-Tenant-ID": "globex", "X-User-ID": "svc"},
                         {"event": "e"}))[0] == 200
     for method, target, body in (("PUT", "/api/websocket", {"flags": {"websocket_v2": True}}),
                                  ("DELETE", "/api/websocket?tenant_id=acme", None),
                                  ("GET", "/api/websocket/status?detailed=yes", None)):
-        assert (await check(method, target, user, body))[1]["error"]["code"] == codes.FORBIDDEN, target
+        assert await check.code(method, target, user, body) == codes.FORBIDDEN, target
         assert (await check(method, target, admin, body))[0] == 200, target
-    assert (await check("GET", "/api/websocket/history?token=" + admin["Authorization"][7:], {"X-Tenant-ID": "globex"}))[0] \
-        == 200
+    by_query = "/api/websocket/history?token=" + admin["Authorization"].removeprefix("Bearer ")
+    assert (await check("GET", by_query, {"X-Tenant-ID": "globex"}))[0] == 200
     for path in ("/healthz", "/readyz", OPENAPI_PATH, "/dashboard"):
         assert (await check("GET", path))[0] == 200, path
 
