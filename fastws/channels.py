@@ -20,7 +20,9 @@ from . import codes
 from .exceptions import ChannelError, ProtocolError
 
 __all__ = [
+    "CONTROL_CHARACTERS",
     "ID_PATTERN",
+    "MAX_NAME_BYTES",
     "TENANT_CHANNEL",
     "is_valid_id",
     "is_valid_name",
@@ -31,7 +33,7 @@ __all__ = [
     "tenant_channel",
 ]
 
-ID_PATTERN: Final = r"[A-Za-z0-9_.\-]{1,64}"
+ID_PATTERN: Final = r"[A-Za-z0-9_.-]{1,64}"
 _ID_RE: Final = re.compile(ID_PATTERN)
 TENANT_CHANNEL: Final = "tenant"
 _MAX_CHANNEL_LENGTH: Final = 64 + 1 + 64
@@ -39,7 +41,9 @@ _MAX_CHANNEL_LENGTH: Final = 64 + 1 + 64
 
 #: user ids, event names and sources: text of 1 to MAX_NAME_BYTES bytes of UTF-8, no control characters
 MAX_NAME_BYTES: Final = 128
-_CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: the control characters no name may hold (C0, DEL and C1), as a regular expression's class body
+CONTROL_CHARACTERS: Final = r"\x00-\x1f\x7f-\x9f"
+_CONTROL_RE: Final = re.compile(f"[{CONTROL_CHARACTERS}]")
 
 
 #: names found valid lately (names repeat: the same event types, sources and users), bounded

@@ -51,6 +51,7 @@ __all__ = [
     "decode_publish",
     "decode_filters",
     "decode_position",
+    "decimal",
     "publish_fields",
     "decode_query_filters",
     "encode_event",
@@ -216,6 +217,21 @@ def decode_position(since: object, epoch: object, ref: JSON = None) -> tuple[int
     if epoch is not None and (type(epoch) is not str or not 0 < len(epoch) <= 64):
         raise ProtocolError(codes.INVALID_FIELD, "'epoch' must be the epoch string a server gave", ref)
     return since, epoch
+
+
+#: digits of the largest offset (2**63 - 1)
+_MAX_DECIMAL_DIGITS: Final = 19
+
+
+def decimal(text: str) -> int | None:
+    """A non-negative integer written in ASCII digits (a query parameter), or None.
+
+    ``str.isdigit()`` alone also takes ``²`` (which ``int()`` refuses) and ``٣``, and ``int()``
+    refuses more than 4,300 digits: both would be an unexpected exception, not a 400.
+    """
+    if not (0 < len(text) <= _MAX_DECIMAL_DIGITS and text.isascii() and text.isdigit()):
+        return None
+    return int(text)
 
 
 def decode_query_filters(query: dict[str, str]) -> Filters | None:

@@ -12,6 +12,7 @@ Routes (all JSON)::
     GET    /healthz                       liveness
     GET    /readyz                        readiness (503 while draining)
     GET    /ws                            426 (or why an upgrade would be refused): the upgrade is the only use
+    GET    /api/openapi.json              the OpenAPI 3.1 description of all of these (fastws.openapi)
     GET    /dashboard, /static/...        the dashboard and its files (fastws.assets), without a token
 
 HEAD is served wherever GET is, without the body.
@@ -41,9 +42,9 @@ from .history import payload_of
 from .auth import OriginPolicy, bearer_token
 from .proxies import is_loopback
 from .hub import Event, Hub
-from .messages import decode_publish, iso_timestamp
+from .messages import decimal, decode_publish, iso_timestamp
 
-__all__ = ["Request", "Response", "RestAPI", "WEBSOCKET_PATH", "error_response"]
+__all__ = ["Request", "Response", "RestAPI", "OPENAPI_PATH", "WEBSOCKET_PATH", "error_response"]
 
 log = logging.getLogger("fastws.rest")
 
@@ -78,8 +79,10 @@ MAX_HISTORY_LIMIT = 1000
 WEBSOCKET_PATH = "/ws"
 #: Prometheus' scrape path (its own token: RestAPI._authorize_metrics)
 METRICS_PATH = "/metrics"
+#: the path of the API's OpenAPI description
+OPENAPI_PATH = "/api/openapi.json"
 #: answered without a token (an upgrade on WEBSOCKET_PATH checks its own)
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", WEBSOCKET_PATH})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", WEBSOCKET_PATH, OPENAPI_PATH})
 
 
 def _allow(methods: Iterable[str]) -> bytes:
@@ -100,9 +103,10 @@ def _int_param(query: dict[str, str], name: str, default: int, low: int, high: i
     value = query.get(name)
     if value is None or value == "":
         return default
-    if not value.isdigit() or not low <= int(value) <= high:
+    number = decimal(value)
+    if number is None or not low <= number <= high:
         raise ProtocolError(codes.INVALID_FIELD, f"'{name}' must be an integer from {low} to {high}")
-    return int(value)
+    return number
 
 
 def _same_origin(origin: str, host: str | None) -> bool:
@@ -207,7 +211,10 @@ class RestAPI:
             "/readyz": {"GET": self.get_ready},
             # a GET that asks for a WebSocket is upgraded before it gets here (fastws.server.http)
             WEBSOCKET_PATH: {"GET": self.get_websocket},
+            OPENAPI_PATH: {"GET": self.get_openapi},
         }
+        #: (the settings it describes, the encoded document), built on first request and after a reload
+        self._openapi: tuple[Settings, bytes] | None = None
         #: every method some route serves, for the Allow header of a request no route could serve
         self.allow = _allow({method: None for methods in self._routes.values() for method in methods})
 
@@ -328,8 +335,12 @@ class RestAPI:
         if token is None:
             raise ProtocolError(codes.UNAUTHORIZED)
         identity = self.hub.authenticator.verify(token)  # type: ignore[union-attr]
-        if _needs_admin(request) and not identity.admin:
-            raise ProtocolError(codes.FORBIDDEN, "an admin token is required")
+        if _needs_admin(request):
+            if not identity.admin:
+                raise ProtocolError(codes.FORBIDDEN, "an admin token is required")
+            # an admin operation acts on the tenant and user it names, never as the token's own
+            # (a DELETE naming a tenant would otherwise close only the token's user's connections)
+            return
         headers = request.headers
         for name, value in (("x-tenant-id", identity.tenant_id), ("x-user-id", identity.user_id)):
             given = headers.get(name)
@@ -455,21 +466,27 @@ class RestAPI:
         """Disconnect a tenant's connections (and a user's, and one connection): the tenant and user
         from the query (``tenant_id``, ``user_id``) or, as the seed's apps send them, from the
         X-Tenant-ID and X-User-ID headers; the query wins where both are given."""
-        query = request.query
-        headers = request.headers
-        tenant_id = query.get("tenant_id") or headers.get("x-tenant-id")
+        tenant_id = self._query_or_header(request, "tenant_id", "x-tenant-id", validate_tenant_id)
         if tenant_id is None:
             raise ProtocolError(codes.MISSING_FIELD, "the tenant is required: ?tenant_id= or the X-Tenant-ID header")
-        tenant_id = validate_tenant_id(tenant_id)
-        user_id = query.get("user_id") or headers.get("x-user-id") or None
-        if user_id is not None:
-            validate_user_id(user_id)
-        connection_id = query.get("connection_id")
+        user_id = self._query_or_header(request, "user_id", "x-user-id", validate_user_id)
+        connection_id = request.query.get("connection_id")
         if connection_id is not None and not 0 < len(connection_id) <= 64:
             raise ProtocolError(codes.INVALID_FIELD, "'connection_id' is not a connection id")
         if self.control is None:
             raise ProtocolError(codes.SERVICE_UNAVAILABLE, "disconnecting needs a running server")
         return self._disconnect(tenant_id, user_id, connection_id)
+
+    @staticmethod
+    def _query_or_header(request: Request, name: str, header: str, validate: Callable[[object], str]) -> str | None:
+        """An id from the query or, failing that, the header (empty counts as absent); each one given
+        is checked, so a malformed header is refused even where the query's value wins."""
+        from_query = request.query.get(name) or None
+        from_header = request.headers.get(header) or None
+        for value in (from_query, from_header):
+            if value is not None:
+                validate(value)
+        return from_query or from_header
 
     async def _disconnect(self, tenant_id: str, user_id: str | None, connection_id: str | None) -> Response:
         count = await self.control.disconnect(tenant_id, user_id, connection_id)  # type: ignore[union-attr]
@@ -589,6 +606,15 @@ class RestAPI:
             raise ProtocolError(codes.SERVICE_UNAVAILABLE, "metrics need a running server")
         body, content_type = self.control.metrics(request.headers.get("accept", ""))
         return Response(200, body, content_type=content_type.encode())
+
+    def get_openapi(self, request: Request) -> Response:
+        described = self._openapi
+        if described is None or described[0] is not self.settings:
+            # imported here: fastws.openapi reads this module's paths and bounds
+            from .openapi import document
+
+            described = self._openapi = (self.settings, orjson.dumps(document(self.settings)))
+        return Response(200, described[1])
 
     def get_health(self, request: Request) -> Response:
         return _ok({"status": "ok"})

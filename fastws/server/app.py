@@ -23,7 +23,7 @@ from ..channels import validate_tenant_id, validate_user_id
 from ..config import Settings
 from ..core import IMPLEMENTATION
 from ..exceptions import ConfigError, ProtocolError
-from ..messages import decode_position, decode_query_filters
+from ..messages import decimal, decode_position, decode_query_filters
 from ..hub import HeldSink, Hub
 from ..rest import Request, Response, RestAPI, error_response
 from ..session import connection_id_bytes
@@ -312,8 +312,9 @@ class Server:
                     tenant_id = validate_tenant_id(query.get("tenant_id") or identity.tenant_id)
                     user_id = validate_user_id(query.get("user_id") or identity.user_id)
                 else:
+                    # given empty, an id is absent, as for an admin token (and in the REST API)
                     for name, value in (("tenant_id", identity.tenant_id), ("user_id", identity.user_id)):
-                        if query.get(name) not in (None, value):
+                        if query.get(name) not in (None, "", value):
                             raise ProtocolError(codes.FORBIDDEN, f"'{name}' disagrees with the token")
                     tenant_id, user_id = identity.tenant_id, identity.user_id
                 expires_at = identity.expires_at
@@ -321,11 +322,10 @@ class Server:
                 tenant_id = validate_tenant_id(query.get("tenant_id"))
                 user_id = validate_user_id(query.get("user_id"))
             filters = decode_query_filters(query)
-            since = query.get("since")
-            if since is not None:
-                if not since.isdigit():
-                    raise ProtocolError(codes.INVALID_FIELD, "'since' must be a non-negative integer offset")
-                since = int(since)
+            since_text = query.get("since")
+            since = None if since_text is None else decimal(since_text)
+            if since_text is not None and since is None:
+                raise ProtocolError(codes.INVALID_FIELD, "'since' must be a non-negative integer offset")
             since, epoch = decode_position(since, query.get("epoch"))
         except ProtocolError as exc:
             return error_response(exc.code, exc.message)

@@ -81,7 +81,8 @@ def flags(server: ServerProcess, admin: str, **expected: Any) -> dict[str, Any]:
 
 
 def test_dashboard_end_to_end(browser, server):
-    """Connect, filter, subscribe, publish, chart, flag, survive a restart, fit a phone: no console errors."""
+    """Link to the API description, connect, filter, subscribe, publish, chart, flag, survive a restart, fit a
+    phone: no console errors."""
     user_token = token(TENANT, USER)
     admin_token = token("ops", "root", admin=True)
     context = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -94,6 +95,19 @@ def test_dashboard_end_to_end(browser, server):
     try:
         page.goto(f"{server.base}/websocket-test")
         assert page.input_value("#url") == f"ws://{server.netloc}/ws"
+
+        # -- the header links to the API's OpenAPI description; followed, it opens without a token
+        link = page.locator("#api-link")
+        assert link.is_visible() and link.text_content().strip() == "API (OpenAPI)"
+        assert link.evaluate("a => a.href") == f"{server.base}/api/openapi.json"
+        with context.expect_page() as opened:
+            link.click()
+        description = opened.value
+        description.wait_for_load_state()
+        assert description.url == f"{server.base}/api/openapi.json"
+        spec = orjson.loads(description.inner_text("body"))
+        assert spec["openapi"].startswith("3.1.") and "/api/websocket" in spec["paths"]
+        description.close()
 
         # -- authentication is detected, the admin token unlocks the per-worker rows
         page.wait_for_selector("#auth-mode:has-text('auth: jwt')")
@@ -253,6 +267,8 @@ def test_dashboard_without_authentication(browser, open_server):
     try:
         page.goto(f"{open_server.base}/websocket-test")
         page.wait_for_selector("#auth-mode:has-text('auth: open')")
+        answer = page.request.get(page.locator("#api-link").evaluate("a => a.href"))
+        assert answer.status == 200 and answer.json()["openapi"].startswith("3.1.")
         page.wait_for_function("() => document.querySelectorAll('#workers tbody tr').length === 2")
         page.fill("#tenant", TENANT)
         page.fill("#user", USER)

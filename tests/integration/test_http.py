@@ -1241,3 +1241,17 @@ async def test_upgrade_request_split_across_writes(server, connect):
     await expect_switch(connection, key)
     await expect_welcome(connection)
     assert await read_json_frame(connection.reader) == {"type": "pong", "ref": 4}
+
+
+@pytest.mark.parametrize("since", ["%C2%B2", "9" * 5000])
+async def test_upgrade_since_of_unicode_or_overlong_digits_is_400(server, since):
+    """A connect URL's since of Unicode digits or thousands of digits is 400 invalid_field, plain GET or upgrade."""
+    response = await fetch(server, "GET", f"/ws?tenant_id=t&user_id=u&since={since}")
+    assert (response.status, response.json()["error"]["code"]) == (400, "invalid_field")
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(upgrade_request(f"/ws?tenant_id=t&user_id=u&since={since}")[0])
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert head.startswith(b"HTTP/1.1 400 "), head
+    finally:
+        await close_writer(writer)

@@ -134,6 +134,14 @@ async def test_query_disagreeing_with_the_token_is_refused(server):
         await ws.recv()
 
 
+async def test_empty_query_ids_are_the_tokens_for_every_token(server):
+    """tenant_id= and user_id= given empty are absent, for a user's token as for an admin's: the token's ids."""
+    for good in (token(), token(role="admin")):
+        async with await connect(server, f"token={good}&tenant_id=&user_id=") as ws:
+            welcome = orjson.loads(await ws.recv())
+            assert (welcome["tenantId"], welcome["userId"]) == ("acme", "alice")
+
+
 async def test_rest_identity_and_admin(server):
     """REST takes tenant and user from the token; other headers are 403 unless admin; admin-only calls need role admin."""
     user = {"Authorization": f"Bearer {token()}"}

@@ -11,6 +11,7 @@ from fastws.messages import (
     SetFilters,
     Subscribe,
     Unsubscribe,
+    decimal,
     decode_command,
     encode_error,
     encode_event,
@@ -157,3 +158,15 @@ def test_iso_timestamp_matches_datetime(unix_time):
 
     expected = datetime.fromtimestamp(unix_time, timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
     assert iso_timestamp(unix_time) == expected
+
+
+@pytest.mark.parametrize("text, number", [("0", 0), ("42", 42), ("007", 7), ("9223372036854775807", 2**63 - 1)])
+def test_decimal_reads_ascii_digits(text, number):
+    """decimal() reads a non-negative integer of ASCII digits."""
+    assert decimal(text) == number
+
+
+@pytest.mark.parametrize("text", ["", "-1", "+1", " 1", "1.0", "\u00b2", "\u0663", "1\u00b2", "0" * 20, "9" * 5000])
+def test_decimal_refuses_anything_else(text):
+    """Signs, spaces, Unicode digits (superscripts, Arabic-Indic) and more digits than an int64 has are None."""
+    assert decimal(text) is None
