@@ -107,6 +107,7 @@ class Supervisor:
             "config": self.config,
             "overrides": self.overrides,
             "log_level": self.log_level,
+            "log_format": settings.log_format,
             # this host's name in a cluster (--broker): every worker of the host says the same
             "host_id": f"{socket.gethostname()}-{port}-{os.urandom(3).hex()}",
         }
