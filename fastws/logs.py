@@ -13,8 +13,8 @@ logger with
   :func:`client_fault`) pass at most :data:`BURST` times per key and window of
   :data:`PERIOD` seconds, a key being (logger, message template, code); the
   rest are counted and said in one "suppressed N similar messages" record
-  when the window ends (:func:`flush_suppressed`, called by the server's
-  sweep, says it even if the key is never logged again);
+  when the window ends (:func:`flush`, called by the server's sweep, says
+  it even if the key is never logged again);
 - :class:`RedactFilter`: bearer tokens, JWTs, ``token=`` and the like, the
   passwords of URLs, and the configured secrets (:func:`secrets_of`) become
   ``***`` in every message, traceback and string field, whatever logged them.
@@ -30,6 +30,9 @@ Theory of operation:
 3. The access log (:func:`access`, logger ``fastws.access``) is one INFO record
    per HTTP response, by design not rate-limited; the HTTP front calls it only
    when the setting is on and the logger enabled (checked once per server).
+   :class:`LineHandler` writes access lines in batches (at most
+   :data:`ACCESS_DELAY` seconds late, or at the server's next sweep), every
+   other record at once.
 4. Nothing here formats anything for a record that no handler takes: the
    call sites check ``isEnabledFor`` first.
 """
@@ -49,9 +52,9 @@ if TYPE_CHECKING:
     from .config import Settings
 
 __all__ = [
-    "ACCESS", "BURST", "PERIOD", "MAX_KEYS",
-    "JsonFormatter", "TextFormatter", "RedactFilter", "RateLimitFilter", "RateLimiter", "PicowsFilter",
-    "about", "access", "add_secrets", "client_fault", "configure", "flush_suppressed", "mask_query", "redact",
+    "ACCESS", "ACCESS_DELAY", "BURST", "PERIOD", "MAX_KEYS",
+    "JsonFormatter", "TextFormatter", "LineHandler", "RedactFilter", "RateLimitFilter", "RateLimiter", "PicowsFilter",
+    "about", "access", "add_secrets", "client_fault", "configure", "flush", "mask_query", "redact",
     "redact_url", "secrets_of",
 ]
 
@@ -63,6 +66,10 @@ BURST = 10
 PERIOD = 10.0
 #: keys (logger, template, code) remembered at once; past it, new keys share one
 MAX_KEYS = 1024
+#: seconds an access line may wait to be written with the next ones (LineHandler)
+ACCESS_DELAY = 0.1
+#: bytes of access lines that are written at once, however recent
+_ACCESS_BATCH = 64 * 1024
 #: longest message kept as the sample of a suppressed key
 _SAMPLE_SIZE = 200
 #: longest path or query written in an access record (the head may be 16 KiB)
@@ -227,7 +234,9 @@ class RedactFilter(logging.Filter):
             return True
         fields = record.__dict__
         if fields.get("_redacted") and not any(literal in message for literal in self._literals):
-            return True  # made of parts redact() has seen (an access record): only literals were left
+            # made of parts redact() has seen (an access record): only literals were left to look for
+            record.msg, record.args = message, None
+            return True
         record.msg, record.args = self.redact(message), None
         if record.exc_info and not record.exc_text:
             record.exc_text = _EXCEPTIONS.formatException(record.exc_info)
@@ -484,6 +493,16 @@ class TextFormatter(logging.Formatter):
     def __init__(self, worker: int | None = None) -> None:
         super().__init__()
         self.worker = worker
+        self._second = -1
+        self._prefix = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """Local time as logging writes it (``2025-05-01 09:30:00,125``), formatted once a second."""
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        return f"{self._prefix},{int(record.msecs):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
         fields = record.__dict__
@@ -505,6 +524,52 @@ class TextFormatter(logging.Formatter):
         if record.stack_info:
             line += "\n" + self.formatStack(record.stack_info)
         return line
+
+
+class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A record per line on a stream. Every record is written at once, except access records:
+    those are gathered and written together, when ACCESS_DELAY seconds have passed since the
+    last write, past _ACCESS_BATCH bytes, before any other record, or at :meth:`flush` (the
+    server's sweep, and exit). A busy HTTP front thus makes one write per batch, not a system
+    call per response, and no line waits longer than the sweep's period."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+        self._pending_size = 0
+        #: time.monotonic() of the last write
+        self._written = 0.0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+            self._pending.append(line)
+            if record.name == "fastws.access":
+                self._pending_size += len(line)
+                if self._pending_size < _ACCESS_BATCH and time.monotonic() - self._written < ACCESS_DELAY:
+                    return
+            self._write()
+        except RecursionError:  # pragma: no cover - as logging.StreamHandler
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def _write(self) -> None:
+        pending = self._pending
+        if pending:
+            self._pending = []
+            self._pending_size = 0
+            self.stream.write(pending[0] if len(pending) == 1 else "".join(pending))
+            self.stream.flush()
+        self._written = time.monotonic()
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            if self.stream is not None:
+                self._write()
+        finally:
+            self.release()
 
 
 # -- the access log -----------------------------------------------------------------------------
@@ -541,7 +606,7 @@ def access(method: str, target: bytes | str, status: int, size: int, seconds: fl
 # -- configuration ------------------------------------------------------------------------------
 
 #: the filters of the handler configure() installed (the server's sweep flushes the rate limit)
-_installed: tuple[RateLimitFilter, RedactFilter] | None = None
+_installed: tuple[RateLimitFilter, RedactFilter, LineHandler] | None = None
 
 
 def configure(level: str = "info", log_format: str = "text", worker: int | None = None,
@@ -550,7 +615,7 @@ def configure(level: str = "info", log_format: str = "text", worker: int | None 
     replacing any this function installed before. picows' per-connection INFO lines are not
     even made unless ``level`` is debug."""
     global _installed
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler = LineHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter(worker) if log_format == "json" else TextFormatter(worker))
     rate, redactor = RateLimitFilter(), RedactFilter(secrets)
     handler.addFilter(rate)  # first: a record held back is never formatted
@@ -563,7 +628,7 @@ def configure(level: str = "info", log_format: str = "text", worker: int | None 
     root.setLevel(_LEVELS.get(level.lower(), logging.INFO))
     logging.getLogger("fastws.picows").setLevel(logging.NOTSET if level.lower() == "debug" else logging.WARNING)
     logging.captureWarnings(True)  # warnings go through the handler too: every line in the format
-    _installed = (rate, redactor)
+    _installed = (rate, redactor, handler)
     return handler
 
 
@@ -573,7 +638,9 @@ def add_secrets(secrets: Iterable[str]) -> None:
         _installed[1].add(secrets)
 
 
-def flush_suppressed(everything: bool = False) -> None:
-    """Log the summaries of rate-limit windows that are over (all of them with ``everything``)."""
+def flush(everything: bool = False) -> None:
+    """Log the summaries of rate-limit windows that are over (all of them with ``everything``),
+    and write the access lines waiting (the server's sweep calls this about once a second)."""
     if _installed is not None:
         _installed[0].flush(everything=everything)
+        _installed[2].flush()

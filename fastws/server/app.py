@@ -162,7 +162,7 @@ class Server:
         now = self._loop.time()  # type: ignore[union-attr]
         for http in [h for h in self.http_connections if h.expired(now)]:
             http._on_timeout()
-        logs.flush_suppressed()  # say what the log's rate limit held back in windows now over
+        logs.flush()  # what the log's rate limit held back in windows now over; access lines waiting
         open_now = len(self.connections)
         if open_now > self._connections_high:
             self._connections_high = open_now
@@ -263,7 +263,7 @@ class Server:
             await self.control.cluster.close()
         if self.hub.remote:
             await self.hub.broker.close()  # type: ignore[attr-defined]
-        logs.flush_suppressed(everything=True)
+        logs.flush(everything=True)
 
     async def __aenter__(self) -> "Server":
         return await self.start()
@@ -420,7 +420,7 @@ async def serve(settings: Settings, ready: "asyncio.Future[Server] | None" = Non
     log.info("WebSocket %s?tenant_id=..&user_id=..", server.ws_url)
     log.info("REST %s/api/websocket (status: %s/api/websocket/status)", server.http_url, server.http_url)
     if settings.legacy_url:
-        log.info("legacy endpoint %s", settings.legacy_url)
+        log.info("legacy endpoint %s", logs.redact_url(settings.legacy_url))
     if ready is not None:
         ready.set_result(server)
     try:

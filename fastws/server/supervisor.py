@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from .. import __version__
+from .. import __version__, logs
 from ..auth import log_auth_mode
 from ..broker import SharedSegment
 from ..config import Settings, read_config_file
@@ -119,7 +119,7 @@ class Supervisor:
             log.info("REST http://%s/api/websocket (status: http://%s/api/websocket/status)", netloc, netloc)
             log.info("dashboard http://%s/dashboard", netloc)
             if settings.legacy_url:
-                log.info("legacy endpoint %s", settings.legacy_url)
+                log.info("legacy endpoint %s", logs.redact_url(settings.legacy_url))
             await self._stop.wait()
         finally:
             self.stopping = True

@@ -364,3 +364,22 @@ def test_log_settings():
         Settings.load({"FASTWS_LOG_FORMAT": "xml"})
     with pytest.raises(ConfigError):
         Settings.load({"FASTWS_LOG_LEVEL": "loud"})
+
+
+def test_line_handler_batches_access_lines_only():
+    """Access lines wait (at most ACCESS_DELAY) to be written together; any other record is written at once,
+    after the access lines before it; flush() writes what waits."""
+    stream = io.StringIO()
+    handler = logs.LineHandler(stream)
+    handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
+    handler.handle(record("first", (), name="fastws.access"))  # nothing written for a while: at once
+    assert stream.getvalue() == "fastws.access first\n"
+    handler.handle(record("second", (), name="fastws.access"))
+    handler.handle(record("third", (), name="fastws.access"))
+    assert stream.getvalue().count("\n") == 1
+    handler.handle(record("other", (), name="fastws.server"))
+    assert stream.getvalue().splitlines() == ["fastws.access first", "fastws.access second", "fastws.access third",
+                                              "fastws.server other"]
+    handler.handle(record("fourth", (), name="fastws.access"))
+    handler.flush()
+    assert stream.getvalue().splitlines()[-1] == "fastws.access fourth"
