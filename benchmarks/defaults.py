@@ -23,6 +23,7 @@ import re
 import resource
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 
@@ -101,6 +102,8 @@ async def run(args: argparse.Namespace) -> dict:
             match = URL_LINE.search(line)
             url = match and match.group(1).decode()
         assert url, "the server did not start"
+        # read the rest of its log (an access line per connection): a full pipe would stop the server
+        threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()  # type: ignore[union-attr]
         # -- one publisher at a fixed rate --------------------------------------------
         _, publisher = await ws_connect(Publisher, f"{url}?tenant_id=bench&user_id=pub")
         total = args.publish_rate * args.seconds

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from typing import Sequence
 
-from . import __version__
+from . import __version__, logs
 from .auth import Authenticator
 from .config import Settings
 from .exceptions import ConfigError
@@ -24,17 +23,6 @@ __all__ = ["main"]
 def _debug_from_env(env: dict[str, str] | os._Environ[str]) -> bool:
     value = env.get("DEBUG", "")
     return any(part.strip() in ("websocket:*", "websocket", "fastws:*", "*") for part in value.split(","))
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # picows logs every connection at INFO; keep it quiet unless debugging.
-    if level.lower() != "debug":
-        logging.getLogger("fastws.picows").setLevel(logging.WARNING)
 
 
 def _run(coro: object) -> None:
@@ -79,9 +67,12 @@ def _serve(args: argparse.Namespace) -> int:
         "port": args.port,
         "legacy_url": args.legacy_url,
         "log_level": args.log_level,
+        "log_format": args.log_format,
+        "access_log": args.access_log,
         "max_message_size": args.max_message_size,
         "broker": ",".join(args.broker) if args.broker else None,
         "redis_prefix": args.redis_prefix,
+        "trusted_proxies": args.trusted_proxies,
     }
     overrides = {name: value for name, value in overrides.items() if value is not None}
     try:
@@ -99,7 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"fastws: {exc}", file=sys.stderr)
         return 2
     level = "debug" if _debug_from_env(os.environ) else settings.log_level
-    _configure_logging(level)
+    logs.configure(level, settings.log_format, None, logs.secrets_of(settings))
     if workers == 0:
         from .server.app import serve
 
@@ -257,6 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="log level (FASTWS_LOG_LEVEL, default info; DEBUG=websocket:* means debug)",
     )
+    serve.add_argument(
+        "--log-format", choices=["text", "json"],
+        help="text lines, or one JSON object per line (FASTWS_LOG_FORMAT, default text)",
+    )
+    serve.add_argument(
+        "--access-log", action=argparse.BooleanOptionalAction, default=None,
+        help="one line per HTTP response, logger fastws.access (FASTWS_ACCESS_LOG, default on)",
+    )
     serve.add_argument("--max-message-size", type=int, help="largest WebSocket message in bytes (FASTWS_MAX_MESSAGE_SIZE)")
     serve.add_argument(
         "--workers", type=int,
@@ -267,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--broker", action="append", metavar="URL",
         help="Redis of a cluster of hosts: redis://[:PASSWORD@]HOST:PORT/DB or rediss://...; repeat (or "
              "comma-separate) to shard channels over several (FASTWS_BROKER; default: embedded, no Redis)",
+    )
+    serve.add_argument(
+        "--trusted-proxies", metavar="ADDRESSES",
+        help="reverse proxies whose X-Forwarded-For is believed: addresses or networks, comma-separated "
+             "(FASTWS_TRUSTED_PROXIES)",
     )
     serve.add_argument("--redis-prefix", help="namespace of this deployment's Redis keys (FASTWS_REDIS_PREFIX, default fastws)")
     serve.set_defaults(handler=_serve)

@@ -83,6 +83,11 @@ class Settings:
     #: URL of the legacy WebSocket system, reported by GET /api/websocket
     legacy_url: str = ""
     log_level: str = "info"
+    #: how log records are written to stderr: "text" (one line each, for people) or "json"
+    #: (one JSON object per line, for log pipelines); fastws.logs describes the fields
+    log_format: str = "text"
+    #: one INFO record per HTTP response (logger fastws.access): method, path, status, duration
+    access_log: bool = True
     #: seconds an idle HTTP keep-alive connection stays open
     keepalive_timeout: float = 60.0
     #: seconds a new connection has to send its request / finish the WebSocket handshake
@@ -134,6 +139,8 @@ class Settings:
         "port": "FASTWS_PORT",
         "legacy_url": "FASTWS_LEGACY_URL",
         "log_level": "FASTWS_LOG_LEVEL",
+        "log_format": "FASTWS_LOG_FORMAT",
+        "access_log": "FASTWS_ACCESS_LOG",
         "keepalive_timeout": "FASTWS_KEEPALIVE_TIMEOUT",
         "handshake_timeout": "FASTWS_HANDSHAKE_TIMEOUT",
         "ping_interval": "FASTWS_PING_INTERVAL",
@@ -209,6 +216,10 @@ class Settings:
         settings = cls(limits=limits, **top_values)
         if not 0 <= settings.port <= 65535:
             raise ConfigError("port must be 0-65535")
+        if settings.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError("log_level must be debug, info, warning or error")
+        if settings.log_format not in ("text", "json"):
+            raise ConfigError("log_format must be 'text' or 'json'")
         if settings.open_admin not in ("loopback", "any"):
             raise ConfigError("open_admin must be 'loopback' or 'any'")
         for url in settings.broker_urls:

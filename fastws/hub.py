@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
 
 import orjson
 
-from . import codes
+from . import codes, logs
 from .channels import resolve_channel, tenant_channel
 from .config import Limits
 from .control.layout import CLOSE_SLOTS, DROP_REASONS, RATE_LIMITS, close_slot
@@ -369,7 +369,8 @@ class Hub:
             session.send_json(self._welcome(session, data, channel))
             self.replay(session, channel, records, None)
         if self.debug:
-            log.debug("connected %r%s", session, "" if since is None else f" resuming after {since}")
+            log.debug("connected user=%s%s", session.user_id, "" if since is None else f" resuming after {since}",
+                      extra=logs.about(session.tenant_id, session.connection_id))
         return session
 
     @staticmethod
@@ -434,7 +435,7 @@ class Hub:
             self._mark_idle(session.tenant_id)
         self.metrics.active_connections -= 1
         if self.debug:
-            log.debug("disconnected %r", session)
+            log.debug("disconnected user=%s", session.user_id, extra=logs.about(session.tenant_id, session.connection_id))
 
     def sessions(self) -> Iterator[Session]:
         return iter(list(self._sessions.values()))

@@ -21,7 +21,7 @@ import logging
 import uuid
 from typing import Any, Protocol
 
-from . import codes
+from . import codes, logs
 from .core import frame_text
 from .exceptions import ProtocolError
 from .limits import AbuseMeter, TokenBucket
@@ -148,8 +148,10 @@ class Session:
             self._dispatch(command)
         except ProtocolError as exc:
             self.hub.metrics.errors += 1
-            if self.hub.debug:
-                log.debug("%s: %s", self.connection_id, exc)
+            # the client's fault: INFO at most, and rate-limited per code (fastws.logs)
+            if log.isEnabledFor(logging.INFO):
+                log.info("command refused: %s: %s", exc.code, exc.message,
+                         extra=logs.client_fault(self.tenant_id, self.connection_id, exc.code))
             self.send_json(encode_error(exc.code, exc.message, exc.ref))
 
     def _dispatch(self, command: object) -> None:
@@ -157,7 +159,7 @@ class Session:
             self.hub.check_publish(self, command.ref)
             event_id = self.hub.publish(self.tenant_id, self.user_id, command, ack_to=self)
             if self.hub.debug:
-                log.debug("%s: published %s", self.connection_id, event_id)
+                log.debug("published %s", event_id, extra=logs.about(self.tenant_id, self.connection_id))
         elif type(command) is Subscribe:
             self.hub.subscribe(
                 self, command.channel, command.event_types, command.ref, command.since, command.epoch

@@ -17,7 +17,7 @@ import socket
 import sys
 from typing import Any
 
-from .. import __version__, codes
+from .. import __version__, codes, logs
 from ..assets import StaticFiles
 from ..channels import validate_tenant_id, validate_user_id
 from ..config import Settings
@@ -77,10 +77,12 @@ class Server:
         self.backlogged: set[Connection] = set()
         self.http_connections: set[HttpProtocol] = set()
         self.accepting = False
+        #: an access record per HTTP response (fastws.logs.access): decided once, not per request
+        self.access_log = self.settings.access_log and logs.ACCESS.isEnabledFor(logging.INFO)
         # picows builds a logger per connection unless given an adapter
         picows_logger = logging.getLogger("fastws.picows")
-        if not any(isinstance(f, _ClientFaultFilter) for f in picows_logger.filters):
-            picows_logger.addFilter(_ClientFaultFilter())
+        if not any(isinstance(f, logs.PicowsFilter) for f in picows_logger.filters):
+            picows_logger.addFilter(logs.PicowsFilter())
         self.picows_logger = logging.LoggerAdapter(picows_logger, {})
         self._sock = sock
         self._reuse_port = reuse_port
@@ -159,6 +161,7 @@ class Server:
         now = self._loop.time()  # type: ignore[union-attr]
         for http in [h for h in self.http_connections if h.expired(now)]:
             http._on_timeout()
+        logs.flush()  # what the log's rate limit held back in windows now over; access lines waiting
         open_now = len(self.connections)
         if open_now > self._connections_high:
             self._connections_high = open_now
@@ -189,6 +192,7 @@ class Server:
     def reload(self, settings: Settings) -> None:
         """Use new settings (limits, timeouts, keys, origins) for what comes next; open connections stay."""
         self.settings = settings
+        self.access_log = settings.access_log and logs.ACCESS.isEnabledFor(logging.INFO)
         self.authenticator = Authenticator.from_settings(settings)
         self.hub.authenticator = self.authenticator
         self.origins = OriginPolicy.from_settings(settings)
@@ -258,6 +262,7 @@ class Server:
             await self.control.cluster.close()
         if self.hub.remote:
             await self.hub.broker.close()  # type: ignore[attr-defined]
+        logs.flush(everything=True)
 
     async def __aenter__(self) -> "Server":
         return await self.start()
@@ -328,6 +333,8 @@ class Server:
                 raise ProtocolError(codes.INVALID_FIELD, "'since' must be a non-negative integer offset")
             since, epoch = decode_position(since, query.get("epoch"))
         except ProtocolError as exc:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("upgrade refused: %s: %s", exc.code, exc.message, extra=logs.client_fault(code=exc.code))
             return error_response(exc.code, exc.message)
         if not self.control.v2_enabled(tenant_id):
             return error_response(
@@ -381,7 +388,8 @@ class Server:
         for connection in close:
             connection.overflow("slow consumer: the server's send budget is spent")  # type: ignore[attr-defined]
         if shed or close:
-            log.info("send budget spent: shed %d and closed %d slow connections", len(shed), len(close))
+            log.info("send budget spent: shed %d and closed %d slow connections", len(shed), len(close),
+                     extra=logs.client_fault())
 
     def _flush(self) -> None:
         dirty = self._dirty
@@ -397,18 +405,6 @@ class Server:
             # the sampled events' frames are written now: publish-to-write latency
             self.control.record_latencies(samples)
             samples.clear()
-
-
-class _ClientFaultFilter(logging.Filter):
-    """Keeps picows' log quiet about what clients do: two INFO lines per connection, and an
-    ERROR line (without a traceback) per protocol violation, would let any client fill the
-    log. Records with a traceback (an exception in fastws' own listener code) and
-    everything in debug mode pass."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info is not None or logging.getLogger("fastws").isEnabledFor(logging.DEBUG):
-            return True
-        return record.levelno >= logging.WARNING and record.levelno < logging.ERROR
 
 
 def _netloc(host: str, port: int) -> str:
@@ -428,7 +424,7 @@ async def serve(settings: Settings, ready: "asyncio.Future[Server] | None" = Non
     log.info("WebSocket %s?tenant_id=..&user_id=..", server.ws_url)
     log.info("REST %s/api/websocket (status: %s/api/websocket/status)", server.http_url, server.http_url)
     if settings.legacy_url:
-        log.info("legacy endpoint %s", settings.legacy_url)
+        log.info("legacy endpoint %s", logs.redact_url(settings.legacy_url))
     if ready is not None:
         ready.set_result(server)
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import logging
+import time
 from collections import deque
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Awaitable, Protocol
@@ -25,7 +26,7 @@ import httptools
 from picows import WSUpgradeResponseWithListener
 from picows.picows import WSAutoPingStrategy, WSProtocol  # type: ignore[attr-defined]
 
-from .. import codes
+from .. import codes, logs
 from ..core import CloseScanner
 from ..rest import WEBSOCKET_PATH, Request, Response, error_response
 
@@ -46,6 +47,8 @@ class FrontHost(Protocol):
     settings: "Settings"
     rest: "RestAPI"
     accepting: bool
+    #: write an access record per response (fastws.logs.access): the setting, and the logger enabled
+    access_log: bool
     proxies: "TrustedProxies"
     http_connections: set["HttpProtocol"]
     picows_logger: Any
@@ -143,6 +146,8 @@ class _SwitchingProtocols:
 
 
 _SWITCHING_PROTOCOLS = _SwitchingProtocols()
+#: bytes of its response (the accept value is always 28 characters), for the access log
+_SWITCHING_PROTOCOLS_SIZE = len(_SWITCHING_PROTOCOLS.to_bytes()) + 28
 
 
 class _Abort(Exception):
@@ -155,7 +160,7 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "server", "transport", "parser", "_url", "_headers", "_content_length", "_body", "_size",
         "_body_size", "_deadline", "_closing", "_in_head", "_head_bytes", "_completed", "_waiting",
-        "_upgrading", "_replay",
+        "_upgrading", "_replay", "_started",
     )
 
     def __init__(self, server: "FrontHost") -> None:
@@ -182,6 +187,8 @@ class HttpProtocol(asyncio.Protocol):
         self._upgrading: Request | None = None
         #: a request with upgrade headers that is not upgraded, to parse again without them
         self._replay: bytes | None = None
+        #: perf_counter() at the current request's first byte (only with the access log on)
+        self._started = 0.0
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -231,7 +238,9 @@ class HttpProtocol(asyncio.Protocol):
                     log.error("error handling HTTP request", exc_info=exc.__context__)
                     self._respond(error_response(codes.INTERNAL), close=True)
                 return
-            except httptools.HttpParserError:
+            except httptools.HttpParserError as exc:
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("malformed HTTP request: %s", exc, extra=logs.client_fault(code=codes.BAD_REQUEST))
                 self._respond(error_response(codes.BAD_REQUEST, "malformed HTTP request"), close=True)
                 return
             if self._in_head and self._completed == completed:
@@ -245,6 +254,8 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         # The whole request must arrive within handshake_timeout.
         self._arm_timer(self.server.settings.handshake_timeout)
+        if self.server.access_log:
+            self._started = time.perf_counter()
         self._url = b""
         self._headers = []
         self._content_length = None
@@ -293,6 +304,7 @@ class HttpProtocol(asyncio.Protocol):
         parser = self.parser
         method = parser.get_method().decode("ascii")
         keep_alive = parser.should_keep_alive()
+        request: Request | None = None
         if method == "CONNECT":
             # Its target is a host and port, no path (this is no proxy); the parser takes what
             # follows for another protocol (HttpParserUpgrade next): answered, then closed.
@@ -324,11 +336,13 @@ class HttpProtocol(asyncio.Protocol):
                     refusal = self.server.probe_websocket(request)  # why an upgrade would fail
                 response = refusal if refusal is not None else self.server.rest.handle(request)
         head = method == "HEAD"
+        # what the access record says of this request (the answer may come after the next one's start)
+        access = (method, self._url, self._started, request) if self.server.access_log else None
         if isinstance(response, Response) and not self._waiting:
-            self._finish(response, keep_alive, head)
+            self._finish(response, keep_alive, head, access)
             return
         # An answer that comes later (or queues behind one): pipelined requests keep their order.
-        slot: list = [response if isinstance(response, Response) else None, keep_alive, head]
+        slot: list = [response if isinstance(response, Response) else None, keep_alive, head, access]
         self._waiting.append(slot)
         if slot[0] is None:
             task = asyncio.ensure_future(response)  # type: ignore[arg-type]
@@ -337,12 +351,12 @@ class HttpProtocol(asyncio.Protocol):
     def _ready(self, slot: list, done: "asyncio.Future[Response]") -> None:
         slot[0] = done.result()
         while self._waiting and self._waiting[0][0] is not None and not self._closing:
-            response, keep_alive, head = self._waiting.popleft()
-            self._finish(response, keep_alive, head)
+            response, keep_alive, head, access = self._waiting.popleft()
+            self._finish(response, keep_alive, head, access)
 
-    def _finish(self, response: Response, keep_alive: bool, head: bool) -> None:
+    def _finish(self, response: Response, keep_alive: bool, head: bool, access: tuple | None = None) -> None:
         keep_alive = keep_alive and self.server.accepting
-        self._respond(response, close=not keep_alive, head=head)
+        self._respond(response, close=not keep_alive, head=head, access=access)
         if keep_alive and not self._waiting:
             self._arm_timer(self.server.settings.keepalive_timeout)
 
@@ -376,7 +390,9 @@ class HttpProtocol(asyncio.Protocol):
         parts.append(b"\r\n")
         return b"".join(parts)
 
-    def _respond(self, response: Response, close: bool, head: bool = False) -> None:
+    def _respond(self, response: Response, close: bool, head: bool = False, access: tuple | None = None) -> None:
+        """Write ``response``; ``access`` is (method, target, start, request) of the request it
+        answers (None: the request being parsed, refused before it was complete)."""
         transport = self.transport
         if transport is None or self._closing:
             return
@@ -395,11 +411,48 @@ class HttpProtocol(asyncio.Protocol):
         parts.append(b"Connection: close\r\n\r\n" if close else b"Connection: keep-alive\r\n\r\n")
         if not head:
             parts.append(response.body)
-        transport.write(b"".join(parts))
+        data = b"".join(parts)
+        transport.write(data)
+        if self.server.access_log:
+            self._access(response.status, len(data), access)
         if close:
             self._closing = True
             self._cancel_timer()
             transport.close()
+
+    def _access(self, status: int, size: int, access: tuple | None, connection: Any = None) -> None:
+        """The access record of a response (fastws.logs.access)."""
+        if access is None:  # refused while parsing: what is known of the request so far
+            method = "-"
+            if self._url and self.parser is not None:  # httptools says DELETE (0) before it has read one
+                try:
+                    method = self.parser.get_method().decode("ascii", "replace")
+                except Exception:  # pragma: no cover - a method is known once the URL is
+                    pass
+            access = (method, self._url, self._started, None)
+        method, target, started, request = access
+        tenant = None
+        if request is not None:
+            client = request.client
+            tenant = request.headers.get("x-tenant-id") or request.query.get("tenant_id")
+        else:
+            client = self._client_address()
+        if connection is not None:  # a WebSocket that was accepted: its own tenant and id
+            tenant = connection.tenant_id
+            connection = connection.session.connection_id if connection.session is not None else None
+        seconds = time.perf_counter() - started if started else 0.0
+        logs.access(method, target, status, size, seconds, client, tenant, connection)
+
+    def _client_address(self) -> str:
+        """The client of a request refused before it was parsed: the peer, or the address a trusted
+        proxy forwarded in the headers read so far."""
+        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+        address = peer[0] if isinstance(peer, tuple) and peer else ""
+        forwarded = None
+        for name, value in self._headers:
+            if len(name) == 15 and name.lower() == b"x-forwarded-for":
+                forwarded = _header_text(value)
+        return self.server.proxies.client(address, forwarded)
 
     # Timeouts are deadlines that the server's sweep checks (Server._sweep), not a
     # timer per request: arming one is a float store.
@@ -430,16 +483,17 @@ class HttpProtocol(asyncio.Protocol):
 
     def _upgrade(self, request: Request, tail: bytes) -> None:
         """Hand the connection to picows: a GET of /ws asking for a WebSocket (on_message_complete)."""
+        access = ("GET", self._url, self._started, request) if self.server.access_log else None
         key_or_error = _websocket_key(self._headers)
         if isinstance(key_or_error, Response):
-            self._respond(key_or_error, close=True)
+            self._respond(key_or_error, close=True, access=access)
             return
         if not self.server.accepting:
-            self._respond(error_response(codes.SERVICE_UNAVAILABLE), close=True)
+            self._respond(error_response(codes.SERVICE_UNAVAILABLE), close=True, access=access)
             return
         listener_or_error = self.server.accept_websocket(request)
         if isinstance(listener_or_error, Response):
-            self._respond(listener_or_error, close=True)
+            self._respond(listener_or_error, close=True, access=access)
             return
         listener = listener_or_error
         transport = self.transport
@@ -478,6 +532,11 @@ class HttpProtocol(asyncio.Protocol):
         protocol.connection_made(transport)
         # The request goes to picows in short; what followed it (frames) through the guard.
         _feed(protocol, self._raw_request(key_or_error), transport)
+        if access is not None:
+            # picows answered 101 and called on_ws_connected, or refused the request with a 400
+            accepted = listener.transport is not None
+            self._access(101 if accepted else 400, _SWITCHING_PROTOCOLS_SIZE if accepted else 0, access,
+                         listener if accepted else None)
         if tail:
             _feed(guard, tail, transport)
 

@@ -50,6 +50,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.asyncio.retry import Retry
 
 from .. import codes
+from ..logs import redact_url
 from ..cluster import (
     POSITION_SCRIPT, PUBLISH_SCRIPT, READ_SCRIPT, Keys, Message, decode_messages, decode_tail, encode_tail,
     new_tag, record_of, shard_of,
@@ -247,7 +248,7 @@ class RedisBroker:
 
     def describe(self) -> str:
         """The shards' addresses, without passwords."""
-        return ", ".join(_redact(shard.url) for shard in self.shards)
+        return ", ".join(redact_url(shard.url) for shard in self.shards)
 
     async def close(self) -> None:
         self._closing = True
@@ -445,9 +446,9 @@ class RedisBroker:
         else:
             self.stats.errors += 1
         if isinstance(exc, ResponseError):
-            log.error("Redis %s refused a script: %s", _redact(shard.url), exc)
+            log.error("Redis %s refused a script: %s", redact_url(shard.url), exc)
         else:
-            log.warning("Redis %s: %s", _redact(shard.url), type(exc).__name__ if isinstance(exc, asyncio.TimeoutError) else exc)
+            log.warning("Redis %s: %s", redact_url(shard.url), type(exc).__name__ if isinstance(exc, asyncio.TimeoutError) else exc)
 
     # -- interest and positions --------------------------------------------------------------
 
@@ -574,7 +575,7 @@ class RedisBroker:
                 if not first:
                     self.stats.reconnects += 1
                     log.warning("Redis %s: pub/sub connected again; checking %d channels for missed events",
-                                _redact(shard.url), len(shard.watches))
+                                redact_url(shard.url), len(shard.watches))
                 first = False
                 backoff = BACKOFF_START
                 shard.canary_seen = True
@@ -786,7 +787,7 @@ class RedisBroker:
     def _deafened(self, shard: _Shard, why: str) -> None:
         """Replace a pub/sub connection that hears nothing: its reader leaves its loop within
         CANARY_INTERVAL (its read times out), closes it, and connects again."""
-        log.error("Redis %s: this worker's pub/sub connection is deaf (%s): replacing it", _redact(shard.url), why)
+        log.error("Redis %s: this worker's pub/sub connection is deaf (%s): replacing it", redact_url(shard.url), why)
         self.stats.deaf += 1
         shard.deaf = True
         shard.canary_seen = True
@@ -808,11 +809,3 @@ class RedisBroker:
 
 def _sha1(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
-
-
-def _redact(url: str) -> str:
-    """A Redis URL without its password."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.rpartition("@")[2]
-    return scheme + sep + rest

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from .. import __version__
+from .. import __version__, logs
 from ..auth import log_auth_mode
 from ..broker import SharedSegment
 from ..config import Settings, read_config_file
@@ -107,6 +107,7 @@ class Supervisor:
             "config": self.config,
             "overrides": self.overrides,
             "log_level": self.log_level,
+            "log_format": settings.log_format,
             # this host's name in a cluster (--broker): every worker of the host says the same
             "host_id": f"{socket.gethostname()}-{port}-{os.urandom(3).hex()}",
         }
@@ -118,7 +119,7 @@ class Supervisor:
             log.info("REST http://%s/api/websocket (status: http://%s/api/websocket/status)", netloc, netloc)
             log.info("dashboard http://%s/dashboard", netloc)
             if settings.legacy_url:
-                log.info("legacy endpoint %s", settings.legacy_url)
+                log.info("legacy endpoint %s", logs.redact_url(settings.legacy_url))
             await self._stop.wait()
         finally:
             self.stopping = True

@@ -19,7 +19,7 @@ import orjson
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
-from .. import codes
+from .. import codes, logs
 from ..backlog import NEVER_DROP, Backlog, low_water
 from ..core import frame_text
 from ..exceptions import ConnectionClosedError
@@ -51,8 +51,6 @@ class ConnectionHost(Protocol):
     hub: "Hub"
     control: Any  # fastws.server.control.WorkerControl: connection_opened, connection_closed
     echo: bool
-    debug: bool
-    picows_logger: Any
     connections: set["Connection"]
     backlogged: set["Connection"]
     budget: "Budget"
@@ -190,8 +188,9 @@ class Connection(WSListener):
         try:
             self._on_frame(frame)
         except ConnectionClosedError as exc:
-            if self.server.debug:
-                log.debug("closing %s: %s", self.session and self.session.connection_id, exc)
+            # the peer's fault (a protocol violation, 1009, bad UTF-8, publishing abuse): INFO at most
+            if log.isEnabledFor(logging.INFO):
+                log.info("closing with %d: %s", exc.close_code, exc.reason, extra=self._fault(exc.close_code))
             self.close(exc.close_code, exc.reason)
 
     # -- frames ---------------------------------------------------------------------
@@ -390,6 +389,8 @@ class Connection(WSListener):
         backlog = self.backlog
         if backlog is not None:
             self.server.hub.metrics.drop_reasons[2][3] += backlog.critical
+        if not self._closing and log.isEnabledFor(logging.INFO):
+            log.info("closing with %d: %s", codes.SLOW_CONSUMER, reason, extra=self._fault(codes.SLOW_CONSUMER))
         self.close(codes.SLOW_CONSUMER, reason)
 
     def _drop_backlog(self) -> None:
@@ -414,8 +415,9 @@ class Connection(WSListener):
         if self.pinged:
             self.quiet += 1
             if self.quiet >= timeout_ticks:
-                self.server.picows_logger.info(
-                    "Initiating disconnect because no PONG was received within %s seconds", timeout)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("no pong within %s s: closing with %d", timeout, codes.GOING_AWAY,
+                              extra=self._fault(codes.GOING_AWAY))
                 self._closing = True
                 self._pending = None
                 self._drop_backlog()
@@ -431,6 +433,14 @@ class Connection(WSListener):
                 transport.send_ping()
                 self.pinged = True
                 self.quiet = 0
+
+    def _fault(self, close_code: int) -> dict[str, Any]:
+        """The fields of a record about this connection's peer doing something wrong (fastws.logs)."""
+        session = self.session
+        if session is not None:
+            return logs.client_fault(session.tenant_id, session.connection_id, close_code)
+        options = self._connect_options
+        return logs.client_fault(options[0] if options else None, None, close_code)
 
     @property
     def tenant_id(self) -> str:

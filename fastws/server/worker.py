@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from .. import logs
 from ..broker import SharedSegment
 from ..config import Settings
 from .app import Server
@@ -44,7 +45,9 @@ async def run(spec: dict[str, Any]) -> None:
 
     def reload() -> None:
         try:
-            server.reload(load_settings(spec))
+            settings = load_settings(spec)
+            logs.add_secrets(logs.secrets_of(settings))
+            server.reload(settings)
         except Exception:
             log.exception("worker %d: reload failed; keeping the previous settings", index)
 
@@ -58,13 +61,10 @@ async def run(spec: dict[str, Any]) -> None:
 
 def main() -> None:
     spec = orjson.loads(sys.argv[1])
-    logging.basicConfig(
-        level=spec.get("log_level", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-        stream=sys.stderr,
-    )
-    if spec.get("log_level", "info").lower() != "debug":
-        logging.getLogger("fastws.picows").setLevel(logging.WARNING)
+    # the supervisor checked these settings: what it resolved (DEBUG=websocket:* included) is used
+    settings = load_settings(spec)
+    logs.configure(spec.get("log_level", "info"), spec.get("log_format") or settings.log_format, spec["index"],
+                   logs.secrets_of(settings))
     try:
         import uvloop
     except ImportError:  # pragma: no cover

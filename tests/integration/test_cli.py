@@ -75,7 +75,7 @@ async def test_debug_env_turns_on_debug_logs():
     await client.close()
     process.send_signal(signal.SIGTERM)
     log = await finish(process, lines)
-    assert re.search(r"DEBUG fastws\.hub(\[\d+\])?: connected <Session", log), log
+    assert re.search(r"DEBUG fastws\.hub(\[w\d+ pid \d+\])?: connected user=alice tenant=dbg connection=\S+", log), log
     assert "unknown_type" in log
 
 

@@ -11,9 +11,9 @@ def test_public_names_resolve():
 
 
 def test_core_imports_no_event_loop_or_picows():
-    """Importing the sans-I/O core (messages, channels, session, hub, history) loads neither asyncio nor picows."""
+    """Importing the sans-I/O core (messages, channels, session, hub, history, logs) loads neither asyncio nor picows."""
     code = (
-        "import sys; import fastws.hub, fastws.messages, fastws.channels, fastws.session, fastws.history; "
+        "import sys; import fastws.hub, fastws.messages, fastws.channels, fastws.session, fastws.history, fastws.logs; "
         "print(sorted(m for m in ('asyncio', 'picows', 'uvloop') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
