@@ -355,6 +355,81 @@ def test_configure_installs_one_handler_in_the_format():
         logs._installed = None
 
 
+@pytest.fixture
+def configured():
+    """configure() with a stream of its own; the root logger as it was afterwards."""
+    root = logging.getLogger()
+    before = list(root.handlers), root.level
+    stream = io.StringIO()
+
+    def install(log_format: str, secrets: tuple[str, ...] = ()) -> io.StringIO:
+        logs.configure("info", log_format, 3, secrets, stream=stream)
+        for handler in [h for h in root.handlers if not getattr(h, "fastws", False)]:
+            root.removeHandler(handler)  # pytest's capture: as in a server, ours is the only one
+        return stream
+
+    yield install
+    for handler in [h for h in root.handlers if getattr(h, "fastws", False)]:
+        root.removeHandler(handler)
+    for handler in before[0]:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(before[1])
+    logging.getLogger("fastws.picows").setLevel(logging.NOTSET)
+    logging.captureWarnings(False)
+    logs._installed = None
+
+
+def _without_time(line: str, log_format: str) -> str:
+    if log_format == "json":
+        out = orjson.loads(line)
+        del out["time"]
+        return orjson.dumps(out).decode()
+    return line.split(" ", 2)[2]
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_access_lines_without_a_record_are_the_record_lines(configured, log_format):
+    """With nothing but configure()'s handler listening, access() writes its line without making a LogRecord;
+    the line is the one the record would have made (fields, order, masking), in both formats. A filter added to
+    fastws.access, or a configured secret in the line, sends it through the record again, and the filter sees it."""
+    stream = configured(log_format, ("configured-secret-9",))
+    assert logs._direct(logs._installed)
+    calls = [("GET", b"/ws?tenant_id=acme&token=" + JWT.encode(), 101, 129, 0.0012345, "203.0.113.7", "acme", "c-1"),
+             ("POST", "/api/websocket", 200, 80, 0.00004, "::1", None, None),
+             ("GET", b"/api/websocket/history?channel=a\r\nb", 400, 90, 0.001, "", "t\nx", None)]
+    for call in calls:
+        logs.access(*call)
+    logs.flush()
+    direct = stream.getvalue().splitlines()
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            seen.append(record)
+            return True
+
+    keep = Keep()
+    logs.ACCESS.addFilter(keep)
+    assert not logs._direct(logs._installed)
+    try:
+        for call in calls:
+            logs.access(*call)
+    finally:
+        logs.ACCESS.removeFilter(keep)
+    logs.flush()
+    through_records = stream.getvalue().splitlines()[len(direct):]
+    assert len(seen) == len(calls) and len(direct) == len(calls)
+    assert [_without_time(line, log_format) for line in direct] == [
+        _without_time(line, log_format) for line in through_records]
+    assert JWT not in stream.getvalue()
+    # a tenant from the query cannot start a line of its own
+    assert ("tenant=t\\nx" if log_format == "text" else '"tenant":"t\\nx"') in direct[-1]
+    logs.access("GET", "/api/websocket?x=configured-secret-9", 200, 1, 0.0, "127.0.0.1")
+    logs.flush()
+    assert "configured-secret-9" not in stream.getvalue() and "x=***" in stream.getvalue().splitlines()[-1]
+
+
 def test_log_settings():
     """log_format is text or json, access_log a boolean; both from the environment too."""
     settings = Settings.load({"FASTWS_LOG_FORMAT": "json", "FASTWS_ACCESS_LOG": "off"})
