@@ -42,9 +42,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import select
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TextIO
 from urllib.parse import unquote_plus
 
 import orjson
@@ -71,6 +72,8 @@ MAX_KEYS = 1024
 ACCESS_DELAY = 0.1
 #: bytes of access lines that are written at once, however recent
 _ACCESS_BATCH = 64 * 1024
+#: the largest write a pipe makes atomically (POSIX: at least 512; Linux: 4096)
+_PIPE_BUF = getattr(select, "PIPE_BUF", 512)
 #: longest message kept as the sample of a suppressed key
 _SAMPLE_SIZE = 200
 #: longest path or query written in an access record (the head may be 16 KiB)
@@ -459,19 +462,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         fields = record.__dict__
-        out: dict[str, Any] = {
-            "time": self._time(record.created),
-            "level": record.levelname,
-            "logger": record.name,
-            "worker": self.worker,
-        }
-        tenant = fields.get("tenant")
-        if tenant is not None:
-            out["tenant"] = tenant
-        connection = fields.get("connection")
-        if connection is not None:
-            out["connection"] = connection
-        out["message"] = record.getMessage()
+        out = self._head(record.created, record.levelname, record.name, record.getMessage(), fields)
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
@@ -489,8 +480,16 @@ class JsonFormatter(logging.Formatter):
 
     def format_access(self, created: float, message: str, fields: dict[str, Any]) -> str:
         """The line :meth:`format` writes for an access record (:func:`access`), without the record."""
-        out: dict[str, Any] = {"time": self._time(created), "level": "INFO", "logger": ACCESS.name,
-                               "worker": self.worker}
+        out = self._head(created, "INFO", ACCESS.name, message, fields)
+        for name, value in fields.items():
+            if name not in _PLACED:
+                out[name] = value
+        return orjson.dumps(out).decode()
+
+
+    def _head(self, created: float, level: str, logger: str, message: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """time, level, logger, worker, tenant and connection (when given), message: in this order."""
+        out: dict[str, Any] = {"time": self._time(created), "level": level, "logger": logger, "worker": self.worker}
         tenant = fields.get("tenant")
         if tenant is not None:
             out["tenant"] = tenant
@@ -498,10 +497,7 @@ class JsonFormatter(logging.Formatter):
         if connection is not None:
             out["connection"] = connection
         out["message"] = message
-        for name, value in fields.items():
-            if name not in _PLACED:
-                out[name] = value
-        return orjson.dumps(out).decode()
+        return out
 
 
 class TextFormatter(logging.Formatter):
@@ -570,8 +566,13 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A record per line on a stream. Every record is written at once, except access records:
     those are gathered and written together, when ACCESS_DELAY seconds have passed since the
     last write, past _ACCESS_BATCH bytes, before any other record, or at :meth:`flush` (the
-    server's sweep, and exit). A busy HTTP front thus makes one write per batch, not a system
-    call per response, and no line waits longer than the sweep's period."""
+    server's sweep, and exit). A busy HTTP front thus makes few writes, not a system call per
+    response, and no line waits longer than the sweep's period.
+
+    Every worker writes to the same stderr: on a stream with a file descriptor, lines go out
+    in system calls of whole lines of at most PIPE_BUF bytes, which a pipe writes atomically,
+    so two workers' lines never interleave inside a line (a line longer than that goes alone).
+    """
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
@@ -579,6 +580,12 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._pending_size = 0
         #: time.monotonic() of the last write
         self._written = 0.0
+        try:
+            self._fd: int | None = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+            self._fd = None
+        self._encoding = getattr(stream, "encoding", None) or "utf-8"
+        self._errors = getattr(stream, "errors", None) or "backslashreplace"
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -611,8 +618,13 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         if pending:
             self._pending = []
             self._pending_size = 0
-            self.stream.write(pending[0] if len(pending) == 1 else "".join(pending))
-            self.stream.flush()
+            if self._fd is None:
+                self.stream.write(pending[0] if len(pending) == 1 else "".join(pending))
+                self.stream.flush()
+            else:
+                self.stream.flush()  # what others wrote through the stream goes first
+                for chunk in _whole_lines("".join(pending).encode(self._encoding, self._errors)):
+                    _write_all(self._fd, chunk)
         self._written = time.monotonic()
 
     def flush(self) -> None:
@@ -622,6 +634,28 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self._write()
         finally:
             self.release()
+
+
+def _whole_lines(data: bytes, size: int = _PIPE_BUF) -> Iterator[bytes | memoryview]:
+    """``data`` (lines, each ending with a line feed) in pieces of whole lines of at most ``size``
+    bytes; a line longer than ``size`` is a piece of its own."""
+    view = memoryview(data)
+    start, end = 0, len(data)
+    while end - start > size:
+        cut = data.rfind(b"\n", start, start + size)
+        if cut == -1:  # one long line: alone, whole
+            cut = data.find(b"\n", start + size)
+            if cut == -1:
+                break
+        yield view[start:cut + 1]
+        start = cut + 1
+    if start < end:
+        yield view[start:]
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data):]
 
 
 # -- the access log -----------------------------------------------------------------------------

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
+import subprocess
 import sys
+import textwrap
 
 import orjson
 import pytest
@@ -330,31 +333,6 @@ def test_access_record_fields(capture):
     assert JWT not in logs.JsonFormatter().format(made)
 
 
-def test_configure_installs_one_handler_in_the_format():
-    """configure() replaces its own handler (never two), sets the level, and writes the chosen format."""
-    root = logging.getLogger()
-    before = list(root.handlers), root.level
-    stream = io.StringIO()
-    try:
-        logs.configure("info", "text", None, stream=stream)
-        logs.configure("warning", "json", 2, ["configured-secret-9"], stream=stream)
-        ours = [h for h in root.handlers if getattr(h, "fastws", False)]
-        assert len(ours) == 1 and root.level == logging.WARNING
-        logging.getLogger("fastws.test").warning("uses configured-secret-9")
-        out = orjson.loads(stream.getvalue().splitlines()[-1])
-        assert out["worker"] == 2 and out["message"] == "uses ***"
-    finally:
-        for handler in [h for h in root.handlers if getattr(h, "fastws", False)]:
-            root.removeHandler(handler)
-        for handler in before[0]:
-            if handler not in root.handlers:
-                root.addHandler(handler)
-        root.setLevel(before[1])
-        logging.getLogger("fastws.picows").setLevel(logging.NOTSET)
-        logging.captureWarnings(False)
-        logs._installed = None
-
-
 @pytest.fixture
 def configured():
     """configure() with a stream of its own; the root logger as it was afterwards."""
@@ -362,10 +340,12 @@ def configured():
     before = list(root.handlers), root.level
     stream = io.StringIO()
 
-    def install(log_format: str, secrets: tuple[str, ...] = ()) -> io.StringIO:
-        logs.configure("info", log_format, 3, secrets, stream=stream)
-        for handler in [h for h in root.handlers if not getattr(h, "fastws", False)]:
-            root.removeHandler(handler)  # pytest's capture: as in a server, ours is the only one
+    def install(log_format: str, secrets: tuple[str, ...] = (), level: str = "info", worker: int | None = 3,
+                alone: bool = True) -> io.StringIO:
+        logs.configure(level, log_format, worker, secrets, stream=stream)
+        if alone:
+            for handler in [h for h in root.handlers if not getattr(h, "fastws", False)]:
+                root.removeHandler(handler)  # pytest's capture: as in a server, ours is the only one
         return stream
 
     yield install
@@ -378,6 +358,18 @@ def configured():
     logging.getLogger("fastws.picows").setLevel(logging.NOTSET)
     logging.captureWarnings(False)
     logs._installed = None
+
+
+def test_configure_installs_one_handler_in_the_format(configured):
+    """configure() replaces its own handler (never two), sets the level, and writes the chosen format."""
+    root = logging.getLogger()
+    configured("text", worker=None, alone=False)
+    stream = configured("json", ("configured-secret-9",), level="warning", worker=2, alone=False)
+    ours = [h for h in root.handlers if getattr(h, "fastws", False)]
+    assert len(ours) == 1 and root.level == logging.WARNING
+    logging.getLogger("fastws.test").warning("uses configured-secret-9")
+    out = orjson.loads(stream.getvalue().splitlines()[-1])
+    assert out["worker"] == 2 and out["message"] == "uses ***"
 
 
 def _without_time(line: str, log_format: str) -> str:
@@ -458,3 +450,42 @@ def test_line_handler_batches_access_lines_only():
     handler.handle(record("fourth", (), name="fastws.access"))
     handler.flush()
     assert stream.getvalue().splitlines()[-1] == "fastws.access fourth"
+
+
+def test_whole_lines_are_pieces_of_whole_lines_within_the_size():
+    lines = [b"x" * n + b"\n" for n in (10, 3000, 900, 5000, 0, 4095, 4096, 7)]
+    data = b"".join(lines)
+    pieces = [bytes(piece) for piece in logs._whole_lines(data, 4096)]
+    assert b"".join(pieces) == data
+    for piece in pieces:
+        assert piece.endswith(b"\n")
+        assert len(piece) <= 4096 or piece.count(b"\n") == 1  # a longer line goes alone
+    assert [bytes(p) for p in logs._whole_lines(b"a\nb", 4096)] == [b"a\nb"]
+
+
+WRITER = textwrap.dedent("""
+    import sys, time
+    from fastws import logs
+    logs.configure("info", "json", int(sys.argv[1]))
+    for n in range(3000):
+        logs.access("POST", "/api/websocket?n=%d" % n, 200, 170, 0.00003, "127.0.0.1", "t" * (n % 300))
+        if n % 500 == 0:
+            time.sleep(0.001)
+    logs.flush()
+""")
+
+
+def test_workers_sharing_a_pipe_never_cut_each_others_lines():
+    """Two processes write batches of access lines to one pipe at once, as two workers do to the
+    supervisor's stderr: every line read back is one whole JSON record, and none is lost."""
+    read_end, write_end = os.pipe()
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(worker)], stderr=write_end, stdout=subprocess.DEVNULL,
+                                cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+               for worker in (0, 1)]
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        lines = pipe.read().splitlines()
+    assert [writer.wait(30) for writer in writers] == [0, 0]
+    records = [orjson.loads(line) for line in lines]
+    assert sorted((r["worker"], r["query"]) for r in records) == sorted(
+        (worker, f"n={n}") for worker in (0, 1) for n in range(3000))
