@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
+import subprocess
 from typing import Any
 
 import orjson
@@ -12,6 +14,17 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 TIMEOUT = 10.0
 _refs = itertools.count(1)
+
+
+def stop_process(process: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM a server started with Popen and wait for it; killed if it outlives ``timeout``."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 async def close_writer(writer: asyncio.StreamWriter) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -19,6 +18,8 @@ from typing import Any, Iterator
 import jwt
 import orjson
 import pytest
+
+from tests.helpers import stop_process
 
 CHROMIUM = os.environ.get("FASTWS_CHROMIUM", "/usr/bin/chromium")
 SECRET = "browser-tests-secret-0123456789abcdef"
@@ -70,13 +71,8 @@ class ServerProcess:
         assert process.poll() is None, "the server exited:\n" + "".join(self.log)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, TIMEOUT)
         self.process = None
 
     def restart(self) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ import pytest
 from fastws.auth import Authenticator
 from fastws.config import Settings
 from fastws.openapi import document
+from tests.helpers import stop_process
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 SECRET = "openapi-live-test-secret-0123456789"
@@ -64,13 +64,7 @@ class Serve:
             pytest.fail("the server did not start:\n" + "".join(self.log), pytrace=False)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, TIMEOUT)
 
 
 @pytest.fixture
