@@ -183,10 +183,14 @@ class RestAPI:
         state: Callable[[], str] = lambda: "running",
         control: Control | None = None,
         static: Static | None = None,
+        describe: Callable[[Settings], dict[str, Any]] | None = None,
     ) -> None:
         self.hub = hub
         #: the dashboard's files; None: not served
         self.static = static
+        #: the OpenAPI document of a server with some settings (fastws.openapi.document, which reads
+        #: this module: handed in, not imported); None: OPENAPI_PATH is not served
+        self.describe = describe
         self.settings = settings
         #: the browser origins allowed cross-origin (CORS): the allow-list, listed explicitly
         self.origins = OriginPolicy.from_settings(settings)
@@ -206,13 +210,14 @@ class RestAPI:
             },
             "/api/websocket/status": {"GET": self.get_status},
             "/api/websocket/history": {"GET": self.get_history},
-            "/metrics": {"GET": self.get_metrics},
+            METRICS_PATH: {"GET": self.get_metrics},
             "/healthz": {"GET": self.get_health},
             "/readyz": {"GET": self.get_ready},
             # a GET that asks for a WebSocket is upgraded before it gets here (fastws.server.http)
             WEBSOCKET_PATH: {"GET": self.get_websocket},
-            OPENAPI_PATH: {"GET": self.get_openapi},
         }
+        if describe is not None:
+            self._routes[OPENAPI_PATH] = {"GET": self.get_openapi}
         #: (the settings it describes, the encoded document), built on first request and after a reload
         self._openapi: tuple[Settings, bytes] | None = None
         #: every method some route serves, for the Allow header of a request no route could serve
@@ -610,10 +615,8 @@ class RestAPI:
     def get_openapi(self, request: Request) -> Response:
         described = self._openapi
         if described is None or described[0] is not self.settings:
-            # imported here: fastws.openapi reads this module's paths and bounds
-            from .openapi import document
-
-            described = self._openapi = (self.settings, orjson.dumps(document(self.settings)))
+            assert self.describe is not None  # the route exists only with it
+            described = self._openapi = (self.settings, orjson.dumps(self.describe(self.settings)))
         return Response(200, described[1])
 
     def get_health(self, request: Request) -> Response:

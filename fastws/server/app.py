@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import __version__, codes, logs
 from ..assets import StaticFiles
+from ..openapi import document
 from ..channels import validate_tenant_id, validate_user_id
 from ..config import Settings
 from ..core import IMPLEMENTATION
@@ -69,7 +70,7 @@ class Server:
         self.proxies = TrustedProxies.parse(self.settings.trusted_proxies)
         self.hub = Hub(self.settings.limits, debug=self.debug, worker=worker, authenticator=self.authenticator)
         self.control = WorkerControl(self, segment, worker, wake_fds)
-        self.rest = RestAPI(self.hub, self.settings, self._state, self.control, StaticFiles())
+        self.rest = RestAPI(self.hub, self.settings, self._state, self.control, StaticFiles(), document)
         self.connections: set[Connection] = set()
         #: this worker's share of the host's bytes waiting for slow connections, and who holds them
         self.workers = len(wake_fds) if wake_fds else 1

@@ -79,7 +79,7 @@ def test_every_route_is_described_and_nothing_else():
     """Each (method, path) of RestAPI._routes is an operation; the others are OPTIONS (on routes that a
     browser may call cross-origin) and the dashboard's files that StaticFiles serves, and nothing more."""
     spec = document(OPEN)
-    rest = RestAPI(Hub(OPEN.limits), OPEN)
+    rest = RestAPI(Hub(OPEN.limits), OPEN, describe=document)
     routes = {(method, path) for path, methods in rest._routes.items() for method in methods}
     described = set(operations(spec))
     assert routes <= described
@@ -210,7 +210,7 @@ def derived_errors(method: str, path: str) -> set[str]:
         # the upgrade (handshake, then the Server's checks and admission), the plain GET's probe, the 426
         return (found | codes_reached(HttpProtocol._upgrade, HttpProtocol)
                 | codes_reached(Server.probe_websocket, Server) | codes_reached(RestAPI.get_websocket, RestAPI))
-    rest = RestAPI(Hub(OPEN.limits), OPEN)
+    rest = RestAPI(Hub(OPEN.limits), OPEN, describe=document)
     if path not in rest._routes:  # the dashboard's files: 405 answers the methods that are no operation
         return found | codes_reached(StaticFiles.handle, StaticFiles) - {codes.METHOD_NOT_ALLOWED}
     if method not in ("GET", "HEAD"):  # RestAPI.handle: _cors refuses these from an origin not allowed
@@ -280,7 +280,7 @@ class Checker:
 
     def __init__(self, settings: Settings, **rest: Any) -> None:
         self.rest = RestAPI(Hub(settings.limits, authenticator=Authenticator.from_settings(settings)), settings,
-                            control=FakeControl(), static=StaticFiles(), **rest)
+                            control=FakeControl(), static=StaticFiles(), describe=document, **rest)
         self.spec = document(settings)
         self.operations = operations(self.spec)
         self.seen: set[tuple[str, str, int]] = set()
@@ -436,7 +436,7 @@ async def test_answers_with_tokens_follow_the_document():
 
 def test_the_served_document_is_encoded_once_and_follows_a_reload():
     """GET /api/openapi.json answers the same bytes until the settings change, then describes the new ones."""
-    rest = RestAPI(Hub(OPEN.limits), OPEN)
+    rest = RestAPI(Hub(OPEN.limits), OPEN, describe=document)
     first = rest.handle(Request("GET", OPENAPI_PATH, {}, {}))
     assert first.body is rest.handle(Request("HEAD", OPENAPI_PATH, {}, {})).body
     assert first.content_type == b"application/json"
