@@ -37,6 +37,7 @@ from redis.exceptions import WatchError as _WatchError
 from .. import codes
 from ..control import Flags
 from ..exceptions import ProtocolError
+from .tasks import cancel
 
 if TYPE_CHECKING:
     from .redis_broker import RedisBroker
@@ -104,8 +105,7 @@ class ClusterPlane:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel([self._task])
         try:
             await asyncio.wait_for(self._remove_row(), 0.5)
         except (RedisError, OSError, asyncio.TimeoutError):

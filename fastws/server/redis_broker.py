@@ -58,6 +58,7 @@ from ..cluster import (
 from ..core import frame_event, new_epoch
 from ..exceptions import ProtocolError
 from ..history import Record
+from .tasks import cancel
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -254,9 +255,7 @@ class RedisBroker:
         self._closing = True
         if self._timer is not None:
             self._timer.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel(self._tasks)
         for shard in self.shards:
             if shard.pubsub is not None:
                 try:

@@ -31,6 +31,7 @@ from ..broker import SharedSegment
 from ..config import Settings, read_config_file
 from ..control import Flags
 from ..core import IMPLEMENTATION
+from .tasks import cancel
 
 __all__ = ["Supervisor"]
 
@@ -137,9 +138,7 @@ class Supervisor:
                         log.warning("worker pid %d did not stop in time: killing it", process.pid)
                         process.kill()
                 await asyncio.gather(*(p.wait() for p in self.processes.values()))
-                for keeper in keepers:
-                    keeper.cancel()
-                await asyncio.gather(*keepers, return_exceptions=True)
+                await cancel(keepers)
             sock.close()
             for fd in wake_fds:
                 os.close(fd)
